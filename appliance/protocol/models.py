@@ -1,0 +1,371 @@
+"""Pydantic models of every wire shape (PROTOCOL.md sections 3-5).
+
+Two families:
+
+* **Requests** are what the server accepts. They are strict: unknown fields, missing
+  fields and wrong JSON types are errors (a 400 naming the field).
+* **Shapes, data and pushes** are what clients receive. They ignore unknown fields,
+  so an older client keeps working against a newer server.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from appliance.protocol.topics import USER_ID_RE
+
+MAX_PAYLOAD_BYTES = 4096
+MAX_CORRELATION_BYTES = 64
+HEARTBEAT_INTERVAL_S = 10
+SESSION_TTL_S = 30
+INVITATION_TTL_S = 30
+RATE_LIMIT_PER_S = 20
+RAISED_HANDS_SHOWN = 50
+
+UserId = Annotated[str, Field(pattern=USER_ID_RE.pattern)]
+RoomId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Code(IntEnum):
+    """Response codes (PROTOCOL.md section 3)."""
+
+    OK = 0
+    BAD_REQUEST = 400
+    NOT_LOGGED_IN = 401
+    FORBIDDEN = 403
+    NOT_FOUND = 404
+    CONFLICT = 409
+    GONE = 410
+    RATE_LIMITED = 429
+    INTERNAL = 500
+
+
+class Role(StrEnum):
+    """A member's role in a room."""
+
+    HOST = "host"
+    SPEAKER = "speaker"
+    LISTENER = "listener"
+
+
+class Received(BaseModel):
+    """Base of everything a client receives: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Request(BaseModel):
+    """Base of every request payload: strict, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------- shapes (section 4)
+
+
+class Member(Received):
+    """One member of a room."""
+
+    user_id: str
+    name: str
+    role: Role
+    mic_on: bool
+    hand_raised: bool
+    joined_at: float
+
+    @property
+    def seated(self) -> bool:
+        """Whether this member holds a seat (host or speaker)."""
+        return self.role is not Role.LISTENER
+
+
+class HostRef(Received):
+    """The host of a room, as a room summary names it."""
+
+    user_id: str
+    name: str
+
+
+class RoomSummary(Received):
+    """One line of the room list."""
+
+    room_id: str
+    subject: str
+    host: HostRef
+    seat_count: int
+    member_count: int
+    created_at: float
+
+
+class RaisedHand(Received):
+    """A listener waiting to speak."""
+
+    user_id: str
+    name: str
+    raised_at: float
+
+
+class RoomState(Received):
+    """The full, retained state of a room; bounded however many listeners it has."""
+
+    room_id: str
+    subject: str
+    version: int
+    closed: bool
+    host_id: str
+    max_seats: int
+    seats: list[Member]
+    raised_hands: list[RaisedHand]
+    raised_hand_count: int
+    member_count: int
+    updated_at: float
+
+    def seat_of(self, user_id: str) -> Member | None:
+        """The seat ``user_id`` holds, if any."""
+        return next((m for m in self.seats if m.user_id == user_id), None)
+
+    def is_heard(self, user_id: str) -> bool:
+        """Whether ``user_id`` is on a seat with the mic on (its stream is played)."""
+        seat = self.seat_of(user_id)
+        return seat is not None and seat.mic_on
+
+    def hand_raised(self, user_id: str) -> bool:
+        """Whether ``user_id`` is among the raised hands shown."""
+        return any(h.user_id == user_id for h in self.raised_hands)
+
+
+# ---------------------------------------------------------------- requests (section 3)
+
+
+class LoginRequest(Request):
+    name: str = Field(min_length=1, max_length=32)
+
+
+class EmptyRequest(Request):
+    """``logout`` and ``heartbeat`` carry nothing."""
+
+
+class GetRoomListRequest(Request):
+    cursor: str | None = Field(default=None, max_length=128)
+    page_size: int = Field(default=20, ge=1, le=100)
+
+
+class CreateRoomRequest(Request):
+    subject: str = Field(min_length=1, max_length=64)
+    max_seats: int = Field(default=8, ge=2, le=16)
+
+
+class RoomRequest(Request):
+    """``login_room``, ``quit_room`` and ``close_room``: a room id only."""
+
+    room_id: RoomId
+
+
+class GetAttendeeListRequest(Request):
+    room_id: RoomId
+    cursor: str | None = Field(default=None, max_length=128)
+    page_size: int = Field(default=50, ge=1, le=200)
+
+
+class OperateRaiseHandRequest(Request):
+    room_id: RoomId
+    raise_: bool = Field(alias="raise")
+    user_id: UserId | None = None
+
+
+class InviteOnstageRequest(Request):
+    room_id: RoomId
+    user_id: UserId
+
+
+class ResponseOnstageInviteRequest(Request):
+    room_id: RoomId
+    invitation_id: str = Field(min_length=1, max_length=64)
+    accept: bool
+
+
+class SetUserInfoRequest(Request):
+    room_id: RoomId
+    user_id: UserId
+    role: Role | None = None
+    mic_on: bool | None = None
+
+
+METHODS: dict[str, type[Request]] = {
+    "login": LoginRequest,
+    "logout": EmptyRequest,
+    "heartbeat": EmptyRequest,
+    "get_room_list": GetRoomListRequest,
+    "create_room": CreateRoomRequest,
+    "login_room": RoomRequest,
+    "quit_room": RoomRequest,
+    "close_room": RoomRequest,
+    "get_attendee_list": GetAttendeeListRequest,
+    "operate_raise_hand": OperateRaiseHandRequest,
+    "invite_onstage": InviteOnstageRequest,
+    "response_onstage_invite": ResponseOnstageInviteRequest,
+    "set_user_info": SetUserInfoRequest,
+}
+
+
+class BadRequestError(ValueError):
+    """A request payload that does not fit its method; ``str()`` names the field."""
+
+
+def parse_request(method: str, payload: bytes) -> Request:
+    """Validate ``payload`` (JSON bytes) as a ``method`` request.
+
+    Raises :class:`BadRequestError` with a message that names the offending field.
+    """
+    model = METHODS.get(method)
+    if model is None:
+        raise BadRequestError(f"unknown method: {method[:64]}")
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise BadRequestError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first failing field and why."""
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field"
+    if kind == "missing":
+        return f"{where}: field required"
+    if kind == "json_invalid":
+        return "payload: not valid JSON"
+    if kind == "model_type":
+        return "payload: must be a JSON object"
+    return f"{where}: {err['msg']}"
+
+
+# ---------------------------------------------------------------- responses
+
+
+class Response(Received):
+    """The envelope of every answer."""
+
+    code: int
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class LoginData(Received):
+    user_id: str
+    heartbeat_interval_s: int
+    session_ttl_s: int
+
+
+class HeartbeatData(Received):
+    room_id: str | None
+    room_version: int | None
+
+
+class RoomListData(Received):
+    rooms: list[RoomSummary]
+    next_cursor: str | None
+
+
+class RoomData(Received):
+    room: RoomState
+
+
+class LoginRoomData(Received):
+    room: RoomState
+    me: Member
+
+
+class AttendeeListData(Received):
+    attendees: list[Member]
+    next_cursor: str | None
+
+
+class MemberData(Received):
+    member: Member
+
+
+class InvitationData(Received):
+    invitation_id: str
+    expires_at: float
+
+
+class MeData(Received):
+    me: Member
+
+
+# ---------------------------------------------------------------- inbox (section 5)
+
+
+class InviteOnstage(Received):
+    type: Literal["invite_onstage"] = "invite_onstage"
+    invitation_id: str
+    room_id: str
+    from_user_id: str
+    from_name: str
+    expires_at: float
+
+
+class InviteResponse(Received):
+    type: Literal["invite_response"] = "invite_response"
+    invitation_id: str
+    room_id: str
+    user_id: str
+    accepted: bool
+
+
+class InviteExpired(Received):
+    type: Literal["invite_expired"] = "invite_expired"
+    invitation_id: str
+    room_id: str
+
+
+class RemovedFromStage(Received):
+    type: Literal["removed_from_stage"] = "removed_from_stage"
+    room_id: str
+    by: str
+
+
+class Muted(Received):
+    type: Literal["muted"] = "muted"
+    room_id: str
+    by: str
+
+
+class HandLowered(Received):
+    type: Literal["hand_lowered"] = "hand_lowered"
+    room_id: str
+    by: str
+
+
+class RoomClosed(Received):
+    type: Literal["room_closed"] = "room_closed"
+    room_id: str
+
+
+InboxCommand = Annotated[
+    InviteOnstage
+    | InviteResponse
+    | InviteExpired
+    | RemovedFromStage
+    | Muted
+    | HandLowered
+    | RoomClosed,
+    Field(discriminator="type"),
+]
+_INBOX = TypeAdapter[InboxCommand](InboxCommand)
+
+
+def parse_inbox(payload: bytes) -> InboxCommand:
+    """Parse an inbox command; raises ``pydantic.ValidationError`` on anything else."""
+    return _INBOX.validate_json(payload)
+
+
+def dump(model: BaseModel) -> bytes:
+    """Serialize a model to its wire JSON (aliases applied, e.g. ``raise``)."""
+    return model.model_dump_json(by_alias=True).encode()

@@ -1,0 +1,116 @@
+"""Topic builders and parsers for ``gochat/v1`` (PROTOCOL.md section 2).
+
+Every topic the system uses is built here, and every topic it receives is parsed
+here, so a typo cannot create a second, silently different wire shape.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROOT = "gochat/v1"
+SERVER_USER_ID = "gochat-server"
+
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ROOM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+# Subscriptions.
+REQUESTS_ALL = f"{ROOT}/req/+/+"
+PRESENCE_ALL = f"{ROOT}/presence/+"
+ROOM_STATE_ALL = f"{ROOT}/room/+/state"
+
+
+def is_user_id(value: str) -> bool:
+    """Whether ``value`` is a valid user id: 1-64 chars of ``[A-Za-z0-9_.-]``."""
+    return USER_ID_RE.fullmatch(value) is not None
+
+
+def request(user_id: str, method: str) -> str:
+    """The topic a client publishes its ``method`` requests on."""
+    return f"{ROOT}/req/{user_id}/{method}"
+
+
+def response(user_id: str) -> str:
+    """The topic the server answers ``user_id`` on."""
+    return f"{ROOT}/resp/{user_id}"
+
+
+def inbox(user_id: str) -> str:
+    """The topic of ``user_id``'s custom commands."""
+    return f"{ROOT}/user/{user_id}/inbox"
+
+
+def room_state(room_id: str) -> str:
+    """The retained room-state topic of ``room_id``."""
+    return f"{ROOT}/room/{room_id}/state"
+
+
+def audio(room_id: str, user_id: str) -> str:
+    """The topic ``user_id`` publishes its voice on in ``room_id``."""
+    return f"{ROOT}/room/{room_id}/audio/{user_id}"
+
+
+def room_audio_all(room_id: str) -> str:
+    """A subscription to every stream in ``room_id``."""
+    return f"{ROOT}/room/{room_id}/audio/+"
+
+
+def presence(user_id: str) -> str:
+    """The retained presence topic of ``user_id``."""
+    return f"{ROOT}/presence/{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTopic:
+    """A parsed request topic."""
+
+    user_id: str
+    method: str
+
+
+def parse_request(topic: str) -> RequestTopic | None:
+    """Parse ``gochat/v1/req/{user_id}/{method}``; None for anything else."""
+    parts = _split(topic, 5, "req")
+    if parts is None or not is_user_id(parts[3]) or not parts[4]:
+        return None
+    return RequestTopic(parts[3], parts[4])
+
+
+def parse_presence(topic: str) -> str | None:
+    """The user id of ``gochat/v1/presence/{user_id}``; None for anything else."""
+    parts = _split(topic, 4, "presence")
+    if parts is None or not is_user_id(parts[3]):
+        return None
+    return parts[3]
+
+
+def parse_room_state(topic: str) -> str | None:
+    """The room id of ``gochat/v1/room/{room_id}/state``; None for anything else."""
+    parts = _split(topic, 5, "room")
+    if parts is None or parts[4] != "state" or not parts[3]:
+        return None
+    return parts[3]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioTopic:
+    """A parsed audio topic."""
+
+    room_id: str
+    user_id: str
+
+
+def parse_audio(topic: str) -> AudioTopic | None:
+    """Parse ``gochat/v1/room/{room_id}/audio/{user_id}``; None for anything else."""
+    parts = _split(topic, 6, "room")
+    if parts is None or parts[4] != "audio" or not is_user_id(parts[5]):
+        return None
+    return AudioTopic(parts[3], parts[5])
+
+
+def _split(topic: str, count: int, kind: str) -> list[str] | None:
+    parts = topic.split("/")
+    if len(parts) != count or f"{parts[0]}/{parts[1]}" != ROOT or parts[2] != kind:
+        return None
+    return parts

@@ -1,0 +1,119 @@
+"""Settings shared by the server and the appliance: TOML file + environment.
+
+Every key can be overridden by ``GOCHAT_<SECTION>__<KEY>``. An invalid configuration
+raises :class:`ConfigError` with one line naming the key and the reason; the entry
+points turn it into exit status 78 (EX_CONFIG) so systemd does not restart-loop.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EX_CONFIG = 78
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``str()`` is one line naming the key."""
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are typos, and typos are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(Section):
+    """How to reach the MQTT broker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str = Field(default="", max_length=64)
+    password_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    keepalive_s: int = Field(default=15, ge=5, le=600)
+
+    @field_validator("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    def password(self) -> SecretStr | None:
+        """The password, read from ``password_file`` (first line, stripped)."""
+        if self.password_file is None:
+            return None
+        lines = self.password_file.read_text(encoding="utf-8").splitlines()
+        return SecretStr(lines[0].strip() if lines else "")
+
+
+class FileSettings(BaseSettings):
+    """Base of a process's settings: a TOML file under environment overrides."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOCHAT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+    _toml_path: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> Self:
+        """Read ``path`` (may be None: defaults and environment only).
+
+        Raises :class:`ConfigError` with one line naming the key and the reason.
+        """
+        toml_path = Path(path) if path is not None else None
+        if toml_path is not None:
+            _check_toml(toml_path)
+        cls._toml_path = toml_path
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+        finally:
+            cls._toml_path = None
+
+
+def _check_toml(path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err: dict[str, Any] = dict(exc.errors(include_url=False)[0])
+    key = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    env = "GOCHAT_" + "__".join(str(p).upper() for p in err["loc"])
+    return f"invalid config: {key} (env {env}): {msg}"
