@@ -256,6 +256,10 @@ class Response(Received):
     data: dict[str, Any] | None = None
 
 
+class Empty(Received):
+    """The ``data`` of methods that return nothing: ``{}``."""
+
+
 class LoginData(Received):
     user_id: str
     heartbeat_interval_s: int

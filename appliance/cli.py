@@ -1,0 +1,19 @@
+"""Console entry points (see ``[project.scripts]`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def server_main() -> None:
+    """``gochat-server``: the business server."""
+    from appliance.server.main import main
+
+    sys.exit(main())
+
+
+def admin_main() -> None:
+    """``gochat-admin``: broker credentials for devices and the server."""
+    from appliance.admin import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The business server: rules (pure), store (SQLite), MQTT adapter and main."""

@@ -1,0 +1,7 @@
+"""``python -m appliance.server``."""
+
+import sys
+
+from appliance.server.main import main
+
+sys.exit(main())

@@ -1,0 +1,309 @@
+"""The business server process: the MQTT adapter around the pure rules.
+
+Messages arrive on paho's network thread and are handed to the asyncio loop, where
+everything else happens on one thread. Requests are handled as they come and their
+effects batched: once the loop has drained what arrived, one SQLite transaction
+commits the batch, and only then are the replies, inbox commands and room states sent
+(group commit: a reply promises the change survives a crash, at one commit per batch
+rather than per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel
+
+from appliance.mqtt import make_client, publish_properties, routing_of
+from appliance.protocol import models as m
+from appliance.protocol import topics
+from appliance.protocol.models import Code
+from appliance.server.gate import RateLimiter, ReplayCache, Verdict
+from appliance.server.publisher import RoomStatePublisher
+from appliance.server.rules import Outcome, RoomService
+from appliance.server.settings import ServerSettings
+from appliance.server.store import Store
+
+log = logging.getLogger("gochat.server")
+
+Clock = Callable[[], float]
+TICK_INTERVAL_S = 0.25
+
+
+@dataclass(slots=True)
+class _Reply:
+    user_id: str
+    correlation: bytes | None
+    payload: bytes
+
+
+def envelope(code: Code, message: str, data: BaseModel | None) -> bytes:
+    """A response's JSON: ``{"code", "message", "data"}``."""
+    body = data.model_dump_json(by_alias=True) if data is not None else "null"
+    return b'{"code":%d,"message":%s,"data":%s}' % (
+        int(code),
+        _json_str(message),
+        body.encode(),
+    )
+
+
+def _json_str(text: str) -> bytes:
+    return json.dumps(text).encode()
+
+
+class Server:
+    """Carries MQTT messages into the :class:`RoomService` and its outcomes back out."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        service: RoomService,
+        store: Store,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self.limiter = RateLimiter()
+        self.replays = ReplayCache()
+        self.connected = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._client = make_client(settings.broker, settings.username)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self.publisher = RoomStatePublisher(self._publish_state, self._loop)
+        self._replies: list[_Reply] = []
+        self._pending: list[Outcome] = []
+        self._flush_scheduled = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Restore state, then connect (in the background, retrying until it works)."""
+        self._absorb(self.service.restarted(self.clock()))
+        self._flush()
+        broker = self.settings.broker
+        self._client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
+        self._client.loop_start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick the rules until ``stop`` is set."""
+        while not stop.is_set():
+            self._absorb(self.service.tick(self.clock()))
+            self.limiter.prune(self.clock())
+            self._schedule_flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
+
+    def close(self) -> None:
+        """Commit what is pending, disconnect and close the store."""
+        self._flush()
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.store.close()
+
+    # ------------------------------------------------------------ paho thread
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: ReasonCode,
+        _props: object,
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        client.subscribe(
+            [(topics.REQUESTS_ALL, 1), (topics.PRESENCE_ALL, 1)],
+        )
+        self._loop.call_soon_threadsafe(self._connected)
+
+    def _on_disconnect(
+        self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
+        log.warning("disconnected from the broker: %s", reason)
+        self._loop.call_soon_threadsafe(self.connected.clear)
+
+    def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        self._loop.call_soon_threadsafe(self._dispatch, message)
+
+    # ------------------------------------------------------------ loop thread
+
+    def _connected(self) -> None:
+        log.info("connected to the broker")
+        self.connected.set()
+        # The broker may have lost retained states (restarted without persistence).
+        for room in self.service.rooms.values():
+            if not room.retained_cleared:
+                self.publisher.changed(room.room_id)
+
+    def _dispatch(self, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        try:
+            request = topics.parse_request(topic)
+            if request is not None:
+                self._handle_request(request, message)
+                return
+            user_id = topics.parse_presence(topic)
+            if user_id is not None:
+                self._absorb(self.service.presence_changed(user_id, self.clock()))
+                return
+            self.counters["dropped_unknown_topic"] += 1
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("failed to handle a message on %s", topic)
+        finally:
+            self._schedule_flush()
+
+    def _handle_request(self, request: topics.RequestTopic, message: paho.MQTTMessage) -> None:
+        user_id, method = request.user_id, request.method
+        self.counters["requests"] += 1
+        now = self.clock()
+        response_topic, correlation = routing_of(message)
+        verdict = self.limiter.check(user_id, now)
+        if verdict is Verdict.DROP:
+            self.counters["dropped_rate_limited"] += 1
+            return
+        if verdict is Verdict.REJECT:
+            self._refuse(user_id, correlation, Code.RATE_LIMITED, "rate limited")
+            return
+        problem = self._routing_problem(user_id, response_topic, correlation)
+        if problem is not None:
+            self.counters["malformed"] += 1
+            self._refuse(user_id, correlation, Code.BAD_REQUEST, problem)
+            return
+        assert correlation is not None  # checked by _routing_problem
+        self._apply(user_id, method, bytes(message.payload), correlation, now)
+
+    @staticmethod
+    def _routing_problem(
+        user_id: str, response_topic: str | None, correlation: bytes | None
+    ) -> str | None:
+        if response_topic is None:
+            return "ResponseTopic: missing"
+        if response_topic != topics.response(user_id):
+            return f"ResponseTopic: must be {topics.response(user_id)}"
+        if correlation is None:
+            return "CorrelationData: missing"
+        if len(correlation) > m.MAX_CORRELATION_BYTES:
+            return f"CorrelationData: longer than {m.MAX_CORRELATION_BYTES} bytes"
+        return None
+
+    def _apply(
+        self, user_id: str, method: str, payload: bytes, correlation: bytes, now: float
+    ) -> None:
+        key = ReplayCache.key(user_id, correlation, method, payload)
+        replayed = self.replays.get(key, now)
+        if replayed is not None:
+            self.counters["replayed"] += 1
+            self._replies.append(_Reply(user_id, correlation, replayed))
+            return
+        response = self._execute(user_id, method, payload, now)
+        self.replays.put(key, response, now)
+        self._replies.append(_Reply(user_id, correlation, response))
+
+    def _execute(self, user_id: str, method: str, payload: bytes, now: float) -> bytes:
+        if len(payload) > m.MAX_PAYLOAD_BYTES:
+            self.counters["malformed"] += 1
+            return envelope(
+                Code.BAD_REQUEST, f"payload: larger than {m.MAX_PAYLOAD_BYTES} bytes", None
+            )
+        try:
+            request = m.parse_request(method, payload)
+        except m.BadRequestError as exc:
+            self.counters["malformed"] += 1
+            return envelope(Code.BAD_REQUEST, str(exc), None)
+        try:
+            outcome = self.service.handle(user_id, method, request, now)
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            self.counters["internal_errors"] += 1
+            log.exception("request %s (%s from %s) failed", request_id, method, user_id)
+            return envelope(Code.INTERNAL, f"internal error (request id {request_id})", None)
+        self.counters[f"code_{int(outcome.code)}"] += 1
+        self._absorb(outcome)
+        return envelope(outcome.code, outcome.message, outcome.data)
+
+    def _refuse(self, user_id: str, correlation: bytes | None, code: Code, why: str) -> None:
+        self._replies.append(_Reply(user_id, correlation, envelope(code, why, None)))
+
+    def _absorb(self, outcome: Outcome) -> None:
+        if outcome.inbox or outcome.rooms_changed or outcome.retained_to_clear:
+            self._pending.append(outcome)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and (self._replies or self._pending or self.service.dirty):
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Commit the batch, then send what it produced, in order."""
+        self._flush_scheduled = False
+        try:
+            self.store.flush(self.service)
+        except Exception:
+            # Nothing is sent for a batch that did not commit: clients time out and
+            # retry, rather than being told of changes a restart would forget.
+            self.counters["store_errors"] += 1
+            log.exception("store commit failed; %d replies withheld", len(self._replies))
+            self._replies.clear()
+            self._pending.clear()
+            return
+        replies, self._replies = self._replies, []
+        pending, self._pending = self._pending, []
+        for reply in replies:
+            self._publish(
+                topics.response(reply.user_id),
+                reply.payload,
+                publish_properties(correlation=reply.correlation)
+                if reply.correlation is not None
+                else None,
+            )
+        for outcome in pending:
+            self._send_outcome(outcome)
+
+    def _send_outcome(self, outcome: Outcome) -> None:
+        for user_id, command in outcome.inbox:
+            self._publish(topics.inbox(user_id), m.dump(command))
+        for room_id in outcome.rooms_changed:
+            self.publisher.changed(room_id)
+        for room_id in outcome.retained_to_clear:
+            self.publisher.clear(room_id)
+
+    def _publish_state(self, room_id: str, clear: bool) -> None:
+        if clear:
+            self._publish(topics.room_state(room_id), b"", retain=True)
+            return
+        room = self.service.rooms.get(room_id)
+        if room is None:
+            return
+        self.counters["room_state_publishes"] += 1
+        self._publish(topics.room_state(room_id), m.dump(room.to_state()), retain=True)
+
+    def _publish(
+        self,
+        topic: str,
+        payload: bytes,
+        props: Properties | None = None,
+        *,
+        retain: bool = False,
+    ) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.counters["publish_errors"] += 1

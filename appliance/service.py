@@ -1,0 +1,41 @@
+"""systemd glue: ``sd_notify`` without a dependency, and the watchdog interval.
+
+Outside systemd (no ``NOTIFY_SOCKET``) every call is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+_ABSTRACT = "@"
+
+
+def notify(*states: str) -> bool:
+    """Send ``READY=1``, ``WATCHDOG=1``, ``STOPPING=1``, ``STATUS=...`` to systemd.
+
+    Returns whether a notification socket was there to send to.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith(_ABSTRACT):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto("\n".join(states).encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_interval_s() -> float | None:
+    """How often to send ``WATCHDOG=1`` (half of ``WatchdogSec=``), or None if unset."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2_000_000
+    except ValueError:
+        return None
