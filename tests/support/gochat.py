@@ -1,0 +1,210 @@
+"""The real business server for tests: in-process (fake clock) or as a process.
+
+:class:`RunningServer` runs :class:`appliance.server.app.Server` on its own asyncio
+loop in a thread, with an :class:`OffsetClock` that tests move forward to reach
+invitation expiry, session TTLs and retained-state clearing without sleeping.
+:class:`ServerProcess` runs ``python -m appliance.server`` for crash tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from appliance.client import GoChatClient
+from appliance.protocol.topics import SERVER_USER_ID
+from appliance.server.app import Server
+from appliance.server.rules import RoomService
+from appliance.server.settings import ServerSettings, StoreSettings
+from appliance.server.store import Store
+from appliance.settings import BrokerSettings
+
+from .broker import Broker
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class OffsetClock:
+    """Wall time plus an offset that only grows: real pacing, fast-forward on demand."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Jump ``seconds`` into the future."""
+        self.offset += seconds
+
+
+def server_settings(broker: Broker, db_path: Path) -> ServerSettings:
+    """Settings pointing at ``broker`` (the server account is created if missing)."""
+    if not broker.has_user(SERVER_USER_ID):
+        broker.add_user(SERVER_USER_ID)
+    return ServerSettings(
+        broker=BrokerSettings(
+            host=broker.host,
+            port=broker.port,
+            username=SERVER_USER_ID,
+            password_file=broker.password_file(SERVER_USER_ID),
+        ),
+        store=StoreSettings(path=db_path),
+    )
+
+
+def server_env(broker: Broker, db_path: Path) -> dict[str, str]:
+    """The environment that points ``gochat-server`` at ``broker`` and ``db_path``."""
+    settings = server_settings(broker, db_path)
+    return {
+        **os.environ,
+        "GOCHAT_BROKER__HOST": broker.host,
+        "GOCHAT_BROKER__PORT": str(broker.port),
+        "GOCHAT_BROKER__USERNAME": SERVER_USER_ID,
+        "GOCHAT_BROKER__PASSWORD_FILE": str(settings.broker.password_file),
+        "GOCHAT_STORE__PATH": str(db_path),
+    }
+
+
+class RunningServer:
+    """The server on a background thread's event loop."""
+
+    def __init__(self, broker: Broker, db_path: Path, clock: OffsetClock | None = None) -> None:
+        self.settings = server_settings(broker, db_path)
+        self.clock = clock or OffsetClock()
+        self.server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._up = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        service = RoomService()
+        store = Store(self.settings.store.path)
+        store.load_into(service)
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.server = Server(self.settings, service, store, self.clock)
+        self.server.start()
+        await self.server.connected.wait()
+        self._up.set()
+        try:
+            await self.server.run(self._stop)
+        finally:
+            self.server.close()
+
+    def start(self, timeout_s: float = 10.0) -> RunningServer:
+        """Start and wait until the server is subscribed."""
+        self._thread.start()
+        if not self._up.wait(timeout_s):
+            raise TimeoutError("server did not connect to the broker")
+        return self
+
+    def stop(self) -> None:
+        """Stop gracefully and wait for the thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def call(self, fn: object) -> None:
+        """Run ``fn()`` on the server's loop (e.g. to poke its internals)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fn)  # type: ignore[arg-type]
+
+    def advance(self, seconds: float, settle_s: float = 0.6) -> None:
+        """Move the clock and give the server's tick time to act on it."""
+        self.clock.advance(seconds)
+        time.sleep(settle_s)
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket: collects ``sd_notify`` messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, state: str, timeout_s: float = 10.0) -> float:
+        """Wait until a message containing ``state`` (e.g. ``READY=1``) arrives;
+        returns the monotonic time it arrived."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {state} (got {self.messages})")
+            self.sock.settimeout(left)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            self.messages.append(message)
+            if state in message.split("\n"):
+                return time.monotonic()
+
+    def close(self) -> None:
+        """Close and remove the socket."""
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+class ServerProcess:
+    """``python -m appliance.server`` as a child process, started until READY=1."""
+
+    def __init__(self, broker: Broker, db_path: Path, log_path: Path) -> None:
+        self.env = server_env(broker, db_path)
+        self.log_path = log_path
+        self.notify_path = log_path.with_suffix(".notify")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 15.0) -> ServerProcess:
+        """Start the process and wait for its READY=1 (it is subscribed then)."""
+        notify = NotifySocket(self.notify_path)
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "appliance.server"],
+                env={**self.env, "NOTIFY_SOCKET": str(self.notify_path)},
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            notify.wait_for("READY=1", timeout_s)
+        finally:
+            log.close()
+            notify.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or say goodbye."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(10)
+
+    def log(self) -> str:
+        """What the process printed."""
+        return self.log_path.read_text(errors="replace")
+
+
+def connect(broker: Broker, user: str, *, login: bool = True) -> GoChatClient:
+    """A connected (and, by default, logged-in) :class:`GoChatClient` for ``user``."""
+    password = broker.password(user) if broker.has_user(user) else broker.add_user(user)
+    client = GoChatClient(broker.host, broker.port, user, password).connect()
+    if login:
+        client.login(user.title())
+    return client
