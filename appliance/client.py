@@ -17,10 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ValidationError
 
-from appliance.mqtt import publish_properties, routing_of
+from appliance.mqtt import new_client, publish_properties, routing_of
 from appliance.protocol import models as m
 from appliance.protocol import topics
 
@@ -43,11 +42,7 @@ class GoChatClient:
         self.user_id = user_id
         self.timeout_s = timeout_s
         self._host, self._port = host, port
-        self._mqtt = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=user_id,
-            protocol=paho.MQTTv5,
-        )
+        self._mqtt = new_client(user_id)
         self._mqtt.username_pw_set(user_id, password)
         self._mqtt.will_set(topics.presence(user_id), b"offline", qos=1, retain=True)
         self._mqtt.on_message = self._on_message

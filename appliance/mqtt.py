@@ -6,6 +6,7 @@ on when a CA file is configured.
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import paho.mqtt.client as paho
@@ -19,13 +20,29 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 
 
-def make_client(broker: BrokerSettings, username: str) -> paho.Client:
-    """A configured, not yet connected MQTT 5 client for ``username``."""
+def new_client(client_id: str) -> paho.Client:
+    """A bare MQTT 5 paho client with Nagle's algorithm off.
+
+    paho leaves TCP_NODELAY unset, and small MQTT packets then wait for delayed ACKs:
+    about 40 ms per request/response round trip on Linux, for nothing.
+    """
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=username,
+        client_id=client_id,
         protocol=paho.MQTTv5,
     )
+    client.on_socket_open = set_no_delay
+    return client
+
+
+def set_no_delay(_client: paho.Client, _userdata: object, sock: object) -> None:
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def make_client(broker: BrokerSettings, username: str) -> paho.Client:
+    """A configured, not yet connected MQTT 5 client for ``username``."""
+    client = new_client(username)
     password = broker.password()
     client.username_pw_set(username, password.get_secret_value() if password else None)
     if broker.tls_ca_file is not None:

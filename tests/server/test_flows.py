@@ -42,7 +42,7 @@ def open_room(users: Users) -> tuple[GoChatClient, GoChatClient, GoChatClient, s
 
 
 def test_host_creates_and_listeners_join(users: Users) -> None:
-    host, ann, _, room_id = open_room(users)
+    _, ann, _, room_id = open_room(users)
     state = ann.wait_room(room_id, lambda s: s.member_count == 3)
     assert seats(state) == [("host", "host", True)] and state.subject == "Morning talk"
     assert ann.call("heartbeat") == {"room_id": room_id, "room_version": state.version}

@@ -1,0 +1,75 @@
+# GoChat Appliance. On a fresh Debian / Raspberry Pi OS machine:
+#   make run    start a broker and the business server on this machine
+#   make test   lint, type-check and run the whole test suite
+# Both install what they need first (apt packages, then .venv), and do nothing
+# more on later runs unless pyproject.toml changed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful `pip install`; older than pyproject.toml = reinstall.
+STAMP := $(VENV)/.installed
+
+# Run-time and build dependencies from the OS: the broker and its clients, Opus,
+# PortAudio headers (PyAudio builds from source against them), a speech synthesiser
+# and sox for test audio, ALSA utilities, and what building a wheel needs.
+APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
+	alsa-utils python3-venv python3-dev build-essential
+
+.PHONY: help venv system-packages test lint run clean distclean
+
+help:
+	@echo "make run        broker + business server on this machine (Ctrl-C stops)"
+	@echo "make test       ruff, mypy, then pytest"
+	@echo "make lint       ruff and mypy only"
+	@echo "make venv       install apt packages and .venv (done by run/test)"
+	@echo "make clean      remove caches and var/dev; distclean also removes .venv"
+
+venv: system-packages $(STAMP)
+
+# `dpkg -s` also knows removed-but-configured packages, so check the status line.
+system-packages:
+	@missing=(); \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg -s "$$pkg" 2>/dev/null | grep -q '^Status: install ok installed' \
+			|| missing+=("$$pkg"); \
+	done; \
+	if (( $${#missing[@]} )); then \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "installing: $${missing[*]}"; \
+		$$sudo apt-get update; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$${missing[@]}"; \
+	fi
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "$(PYTHON) is older than 3.11: set PYTHON=python3.11 or newer"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Order-only on the interpreter: recreating nothing else just because the venv
+# directory's mtime changed.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off \
+		-e '.[dev,audio]'
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+run: venv
+	scripts/run-dev
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,429 @@
+"""A real Mosquitto for tests and development, configured like production.
+
+:class:`Broker` runs ``mosquitto`` on a free loopback port in its own directory. Its
+configuration is the shipped ``config/mosquitto/mosquitto.conf`` with only the
+listener port, the file paths, the log destination and ``user`` substituted
+(:func:`render_conf`), and its ACL *is* the shipped ``config/mosquitto/acl``: the
+tests prove what is deployed. Accounts are made by :mod:`appliance.admin`, the same
+code as ``gochat-admin``.
+
+Also a script, used by ``scripts/run-dev``::
+
+    python tests/support/broker.py render-conf --port 1883 --dir var/dev/broker
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from appliance import admin
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CONF = REPO_ROOT / "config" / "mosquitto" / "mosquitto.conf"
+SHIPPED_ACL = REPO_ROOT / "config" / "mosquitto" / "acl"
+LOOPBACK = "127.0.0.1"
+
+# A throwaway account whose password changes with every reload: once the broker
+# accepts its newest password, it has read every change written before it.
+PROBE_USER = "zz-broker-probe"
+
+_LISTENER_RE = re.compile(r"^listener\s+(\d+)(?:\s+(\S+))?\s*$")
+
+
+class BrokerError(RuntimeError):
+    """The broker would not start, stop or reload; the message has its log's tail."""
+
+
+def render_conf(
+    template: str,
+    *,
+    port: int,
+    passwd_file: Path,
+    acl_file: Path,
+    data_dir: Path | None,
+    log_file: Path | None,
+    run_as: str | None = None,
+) -> str:
+    """The shipped ``mosquitto.conf`` text, localised for a private broker.
+
+    Substitutes: the (single, loopback) listener's port; ``password_file``;
+    ``acl_file``; ``persistence_location`` (``data_dir``; None turns persistence
+    off); ``log_dest`` (``log_file``; None keeps the template's); ``user``
+    (``run_as``, default the current user, so that a root test run does not drop
+    to ``mosquitto`` and lose access to its temp files). ``pid_file`` is dropped.
+    Every other line, limits and listener options included, is kept verbatim.
+    Raises ValueError if the template has other than one plain listener.
+    """
+    run_as = run_as or getpass.getuser()
+    out: list[str] = [f"# rendered from {SHIPPED_CONF.name}: do not edit"]
+    listeners = 0
+    for raw in template.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key = line.split(None, 1)[0]
+        if key == "listener":
+            match = _LISTENER_RE.match(line)
+            listeners += 1
+            if match is None or listeners > 1:
+                raise ValueError(f"render_conf supports one plain listener, not: {line}")
+            out.append(f"listener {port} {LOOPBACK}")
+        elif key in ("certfile", "keyfile", "cafile", "capath"):
+            raise ValueError(f"render_conf does not support TLS listeners: {line}")
+        elif key == "pid_file":
+            continue
+        elif key == "user":
+            out.append(f"user {run_as}")
+        elif key == "password_file":
+            out.append(f"password_file {passwd_file}")
+        elif key == "acl_file":
+            out.append(f"acl_file {acl_file}")
+        elif key == "persistence":
+            out.append(f"persistence {'true' if data_dir is not None else 'false'}")
+        elif key == "persistence_location":
+            if data_dir is not None:
+                out.append(f"persistence_location {data_dir}")
+        elif key == "log_dest":
+            if log_file is None:
+                out.append(line)
+            elif not any(x.startswith("log_dest ") for x in out):
+                out.append(f"log_dest file {log_file}")
+        else:
+            out.append(line)
+    if listeners != 1:
+        raise ValueError("render_conf needs exactly one listener in the template")
+    return "\n".join(out) + "\n"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Broker:
+    """A real ``mosquitto`` on ``127.0.0.1:<free port>``, files under ``workdir``.
+
+    Usage::
+
+        broker = Broker(tmp_path / "broker")
+        password = broker.add_user("alice")   # before or after start()
+        broker.start()
+        ...  # connect to broker.host, broker.port
+        broker.restart()                      # same port; retained messages kept
+        broker.stop()
+
+    Persistence is on, in ``workdir/data``: :meth:`stop` sends SIGTERM, on which
+    Mosquitto saves retained messages and sessions, so :meth:`restart` brings them
+    back, as in production. :meth:`kill` is a crash (SIGKILL): nothing is saved.
+    """
+
+    host: str = LOOPBACK
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        users: Iterable[str] = (),
+        port: int | None = None,
+        acl_file: Path = SHIPPED_ACL,
+        conf_template: Path = SHIPPED_CONF,
+        persistence: bool = True,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.passwd_path = self.workdir / "passwd"
+        self.secret_dir = self.workdir / "secrets"
+        self.data_dir = self.workdir / "data"
+        self.conf_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+        self.stderr_path = self.workdir / "mosquitto.stderr"
+        self.acl_file = Path(acl_file)
+        self.conf_template = Path(conf_template)
+        self.persistence = persistence
+        self.port = port if port is not None else 0
+        self._fixed_port = port is not None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._passwords: dict[str, str] = {}
+        self._probe_password: str | None = None
+        for name in users:
+            self.add_user(name)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the mosquitto process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The mosquitto process id while running."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start mosquitto; return once its port accepts connections.
+
+        The first start picks a free port (retrying if another process grabs it
+        first); later starts reuse it, so clients reconnect to the same address.
+        """
+        if self.running:
+            raise BrokerError("broker already running")
+        self._ensure_probe()
+        attempts = 1 if self._fixed_port else 5
+        for attempt in range(attempts):
+            if not self._fixed_port:
+                self.port = free_port()
+            try:
+                self._spawn(timeout)
+            except BrokerError:
+                if attempt + 1 < attempts and "Address already in use" in self._output():
+                    continue
+                raise
+            # Pin the port: restarts must come back where the clients expect it.
+            self._fixed_port = True
+            return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM: mosquitto saves its persistence file)."""
+        self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): nothing is saved since the last autosave."""
+        self._end(signal.SIGKILL, 5.0)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """:meth:`stop` then :meth:`start` on the same port."""
+        self.stop(timeout)
+        self.start(timeout)
+
+    def reload(self, timeout: float = 5.0) -> None:
+        """Make a running broker re-read the password and ACL files (SIGHUP).
+
+        Returns once the reload has taken effect. Connected clients stay connected.
+        """
+        if not self.running or self._proc is None:
+            return
+        probe = self._rotate_probe()
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe_login(self.host, self.port, PROBE_USER, probe) == 0:
+                return
+            if not self.running:
+                raise BrokerError(f"broker died on reload\n{self._output()}")
+            time.sleep(0.005)
+        raise BrokerError(f"broker did not reload within {timeout} s\n{self._output()}")
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- accounts ------------------------------------------------------------------
+
+    def add_user(self, name: str) -> str:
+        """Create (or re-key) account ``name`` with :func:`appliance.admin.add_user`.
+
+        Returns its password. If the broker is running it is reloaded, and the
+        account works when this returns.
+        """
+        secret = admin.add_user(self.passwd_path, self.secret_dir, name)
+        password = secret.read_text(encoding="utf-8").strip()
+        self._passwords[name] = password
+        self.reload()
+        return password
+
+    def add_users(self, *names: str) -> dict[str, str]:
+        """Several :meth:`add_user` at the cost of one reload; name -> password."""
+        for name in names:
+            secret = admin.add_user(self.passwd_path, self.secret_dir, name)
+            self._passwords[name] = secret.read_text(encoding="utf-8").strip()
+        self.reload()
+        return {name: self._passwords[name] for name in names}
+
+    def remove_user(self, name: str) -> None:
+        """Delete account ``name`` (reloads a running broker)."""
+        admin.remove_user(self.passwd_path, self.secret_dir, name)
+        self._passwords.pop(name, None)
+        self.reload()
+
+    def has_user(self, name: str) -> bool:
+        """Whether ``name`` was created through this broker."""
+        return name in self._passwords
+
+    def password(self, name: str) -> str:
+        """The password of ``name`` (KeyError if it was never added)."""
+        return self._passwords[name]
+
+    def password_file(self, name: str) -> Path:
+        """A file holding the password of ``name`` (for ``broker.password_file``)."""
+        if name not in self._passwords:
+            raise KeyError(name)
+        return admin.secret_path(self.secret_dir, name)
+
+    # --- diagnostics ---------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Mosquitto's log so far (useful in assertion messages)."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # --- internals -----------------------------------------------------------------
+
+    def _write_conf(self) -> None:
+        if self.persistence:
+            self.data_dir.mkdir(exist_ok=True)
+        text = render_conf(
+            self.conf_template.read_text(encoding="utf-8"),
+            port=self.port,
+            passwd_file=self.passwd_path,
+            acl_file=self.acl_file,
+            data_dir=self.data_dir if self.persistence else None,
+            log_file=self.log_path,
+        )
+        self.conf_path.write_text(text, encoding="utf-8")
+
+    def _spawn(self, timeout: float) -> None:
+        self._write_conf()
+        with self.stderr_path.open("wb") as err:
+            # Own process group: a Ctrl-C in the terminal reaches pytest, which then
+            # stops the broker through the fixture, not both at once.
+            self._proc = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise BrokerError(f"mosquitto exited at start\n{self._output()}")
+            with contextlib.suppress(OSError):
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            time.sleep(0.005)
+        self._end(signal.SIGKILL, 5.0)
+        raise BrokerError(f"mosquitto did not listen within {timeout} s\n{self._output()}")
+
+    def _end(self, sig: signal.Signals, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise BrokerError(f"mosquitto ignored {sig.name}; killed") from None
+
+    def _ensure_probe(self) -> None:
+        if self._probe_password is None:
+            self._rotate_probe()
+
+    def _rotate_probe(self) -> str:
+        secret = admin.add_user(self.passwd_path, self.secret_dir, PROBE_USER)
+        self._probe_password = secret.read_text(encoding="utf-8").strip()
+        return self._probe_password
+
+    def _output(self) -> str:
+        parts = []
+        for path in (self.stderr_path, self.log_path):
+            with contextlib.suppress(OSError):
+                parts.append(path.read_text(encoding="utf-8", errors="replace")[-2000:])
+        return "\n".join(p for p in parts if p)
+
+
+def probe_login(host: str, port: int, username: str, password: str, timeout: float = 1.0) -> int:
+    """Try an MQTT 3.1.1 CONNECT; return the CONNACK return code (0 = accepted).
+
+    Hand-rolled (a dozen bytes each way) so a probe needs no client thread. Returns
+    -1 if the connection fails or closes without a CONNACK.
+    """
+
+    def utf8(value: str) -> bytes:
+        data = value.encode("utf-8")
+        return struct.pack("!H", len(data)) + data
+
+    # Variable header: protocol name, level 4, flags (username, password, clean
+    # session), keepalive 10 s; payload: client id, username, password.
+    body = utf8("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 10)
+    body += utf8(username) + utf8(username) + utf8(password)
+    length = bytearray()
+    remaining = len(body)
+    while True:
+        byte, remaining = remaining % 128, remaining // 128
+        length.append(byte | (0x80 if remaining else 0))
+        if not remaining:
+            break
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(bytes([0x10]) + bytes(length) + body)
+            connack = b""
+            while len(connack) < 4:
+                chunk = sock.recv(4 - len(connack))
+                if not chunk:
+                    return -1
+                connack += chunk
+            if connack[0] != 0x20:
+                return -1
+            if connack[3] == 0:
+                sock.sendall(b"\xe0\x00")  # DISCONNECT: a clean goodbye, no Will
+            return connack[3]
+    except OSError:
+        return -1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="broker.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render-conf", help="print a localised mosquitto.conf")
+    render.add_argument("--port", type=int, required=True)
+    render.add_argument("--dir", type=Path, required=True, help="passwd file and data dir")
+    render.add_argument("--acl", type=Path, default=SHIPPED_ACL)
+    render.add_argument("--log-file", type=Path, default=None, help="default: keep stderr")
+    args = parser.parse_args(argv)
+    workdir: Path = args.dir.resolve()
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    sys.stdout.write(
+        render_conf(
+            SHIPPED_CONF.read_text(encoding="utf-8"),
+            port=args.port,
+            passwd_file=workdir / "passwd",
+            acl_file=args.acl.resolve(),
+            data_dir=workdir / "data",
+            log_file=args.log_file.resolve() if args.log_file else None,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
