@@ -10,10 +10,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 MIN_INTERVAL_S = 0.05
 
 PublishFn = Callable[[str, bool], None]  # (room_id, clear) -> None
+
+
+class Timer(Protocol):
+    """A cancellable scheduled call (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """What the publisher needs of an event loop (an asyncio loop is one)."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[str], None], arg: str, /) -> Timer: ...
 
 
 class RoomStatePublisher:
@@ -22,14 +37,14 @@ class RoomStatePublisher:
     def __init__(
         self,
         publish: PublishFn,
-        loop: asyncio.AbstractEventLoop,
+        loop: Scheduler | asyncio.AbstractEventLoop,
         min_interval_s: float = MIN_INTERVAL_S,
     ) -> None:
         self._publish = publish
         self._loop = loop
         self.min_interval_s = min_interval_s
         self._last: dict[str, float] = {}
-        self._scheduled: dict[str, asyncio.TimerHandle] = {}
+        self._scheduled: dict[str, Timer] = {}
 
     def changed(self, room_id: str) -> None:
         """``room_id`` has a new version to publish."""

@@ -94,7 +94,9 @@ MATRIX: dict[str, tuple[Payload, tuple[int, int, int, int, int]]] = {
     "remove:host":             (on("set_user_info", "host", role="listener"), (403, 403, 403, 403, 401)),
     "mute:host":               (on("set_user_info", "host", mic_on=False), (0, 403, 403, 403, 401)),
 }  # fmt: skip
-CASES = [(name, role, codes[i]) for name, (_, codes) in MATRIX.items() for i, role in enumerate(ROLES)]
+CASES = [
+    (name, role, codes[i]) for name, (_, codes) in MATRIX.items() for i, role in enumerate(ROLES)
+]
 _case_numbers = itertools.count()
 
 

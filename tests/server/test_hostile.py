@@ -68,9 +68,7 @@ def test_unknown_method(users: Users) -> None:
     assert response.code == 400 and "unknown method" in response.message
 
 
-def test_missing_routing_is_answered_when_it_can_be(
-    users: Users, server: RunningServer
-) -> None:
+def test_missing_routing_is_answered_when_it_can_be(users: Users, server: RunningServer) -> None:
     client = users("mallory")
     req = topics.request("mallory", "heartbeat")
     client.publish_raw(req, b"{}", correlation=b"c1")  # no ResponseTopic
@@ -83,9 +81,7 @@ def test_missing_routing_is_answered_when_it_can_be(
     assert server.server is not None and server.server.counters["malformed"] >= 3
 
 
-def test_flood_is_limited_and_others_are_still_served(
-    users: Users, server: RunningServer
-) -> None:
+def test_flood_is_limited_and_others_are_still_served(users: Users, server: RunningServer) -> None:
     flooder, bystander = users("flooder"), users("bystander")
     req = topics.request("flooder", "heartbeat")
     for i in range(300):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.client import GoChatClient
@@ -117,6 +118,19 @@ class RunningServer:
         """Run ``fn()`` on the server's loop (e.g. to poke its internals)."""
         assert self._loop is not None
         self._loop.call_soon_threadsafe(fn)  # type: ignore[arg-type]
+
+    def wait_until(self, predicate: Callable[[RoomService], bool], timeout_s: float = 5.0) -> None:
+        """Poll the server's state (read-only) until ``predicate`` holds."""
+        deadline = time.monotonic() + timeout_s
+        while self.server is None or not predicate(self.server.service):
+            if time.monotonic() > deadline:
+                raise TimeoutError("server state never satisfied the condition")
+            time.sleep(0.005)
+
+    def wait_presence(self, user_id: str, since: float) -> None:
+        """Wait until the server has seen a presence message of ``user_id`` after
+        ``since`` (server clock): a Will, typically."""
+        self.wait_until(lambda s: user_id in s.sessions and s.sessions[user_id].last_seen > since)
 
     def advance(self, seconds: float, settle_s: float = 0.6) -> None:
         """Move the clock and give the server's tick time to act on it."""
