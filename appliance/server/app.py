@@ -11,8 +11,8 @@ rather than per request).
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import logging
 import time
 import uuid
