@@ -39,6 +39,7 @@ log = logging.getLogger("gochat.server")
 
 Clock = Callable[[], float]
 TICK_INTERVAL_S = 0.25
+COUNTER_REPORT_S = 60.0  # how often changed counters are logged
 
 
 @dataclass(slots=True)
@@ -102,10 +103,17 @@ class Server:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick the rules until ``stop`` is set."""
+        next_report = self._loop.time() + COUNTER_REPORT_S
+        reported: Counter[str] = Counter()
         while not stop.is_set():
             self._absorb(self.service.tick(self.clock()))
             self.limiter.prune(self.clock())
             self._schedule_flush()
+            if self._loop.time() >= next_report:
+                next_report += COUNTER_REPORT_S
+                if self.counters != reported:
+                    log.info("counters: %s", dict(self.counters))
+                    reported = self.counters.copy()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
 

@@ -390,17 +390,6 @@ class RoomService:
                 del self.rooms[room.room_id]
                 self.dirty.rooms.add(room.room_id)
 
-    def next_deadline(self) -> float | None:
-        """The earliest time :meth:`tick` has something to do (None: nothing pending)."""
-        times = [i.expires_at for i in self.invitations.values() if i.state is InvitationState.OPEN]
-        times += [s.last_seen + self.limits.session_ttl_s for s in self.sessions.values()]
-        times += [
-            r.closed_at + self.limits.retained_clear_after_s
-            for r in self.rooms.values()
-            if r.closed_at is not None and not r.retained_cleared
-        ]
-        return min(times, default=None)
-
     # ------------------------------------------------------------ shared steps
 
     def _begin(self, now: float) -> None:
