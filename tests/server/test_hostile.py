@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from support.gochat import RunningServer
+from support import Broker
+from support.gochat import RunningServer, connect
 
 from appliance.client import GoChatClient
 from appliance.protocol import topics
+from appliance.protocol.models import Request
+from appliance.server.rules import Outcome, RoomService
 
 Users = Callable[..., GoChatClient]
 
@@ -110,3 +114,29 @@ def test_garbage_on_presence_and_unknown_topics_is_ignored(
     client.publish_raw(topics.presence("mallory"), b"\x00" * 100, retain=True)
     client.publish_raw(topics.request("mallory", ""), b"{}")
     assert client.call("heartbeat")["room_id"] is None
+
+
+class FaultyService(RoomService):
+    """Injects a fault into one method, to prove the adapter's 500 path."""
+
+    def handle(self, user_id: str, method: str, request: Request, now: float) -> Outcome:
+        if method == "get_room_list":
+            raise RuntimeError("injected fault: secret stack detail")
+        return super().handle(user_id, method, request, now)
+
+
+def test_an_internal_error_is_a_500_with_a_request_id_and_no_trace(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RunningServer(broker, tmp_path / "s.db", service=FaultyService).start()
+    client = connect(broker, "mallory")
+    try:
+        response = client.request("get_room_list", {})
+        assert response.code == 500 and response.data is None
+        assert "request id" in response.message and "secret" not in response.message
+        request_id = response.message.rsplit(" ", 1)[-1].rstrip(")")
+        assert request_id in caplog.text and "injected fault" in caplog.text
+        assert client.call("heartbeat") == {"room_id": None, "room_version": None}
+    finally:
+        client.close()
+        server.stop()

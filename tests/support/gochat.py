@@ -77,9 +77,16 @@ def server_env(broker: Broker, db_path: Path) -> dict[str, str]:
 class RunningServer:
     """The server on a background thread's event loop."""
 
-    def __init__(self, broker: Broker, db_path: Path, clock: OffsetClock | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        db_path: Path,
+        clock: OffsetClock | None = None,
+        service: Callable[[], RoomService] = RoomService,
+    ) -> None:
         self.settings = server_settings(broker, db_path)
         self.clock = clock or OffsetClock()
+        self._new_service = service
         self.server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -87,7 +94,7 @@ class RunningServer:
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
 
     async def _main(self) -> None:
-        service = RoomService()
+        service = self._new_service()
         store = Store(self.settings.store.path)
         store.load_into(service)
         self._loop = asyncio.get_running_loop()
