@@ -1,0 +1,314 @@
+"""The appliance's audio: the media link between the room and the sound card.
+
+:class:`AudioEngine` is what the daemon talks to (it implements the daemon's audio
+port). The event loop only *asks* for things — start or stop publishing, whom to hear —
+and never waits: a supervisor thread owns PyAudio, opens and closes streams, notices a
+device that vanished, reports it, and reopens it with backoff. The audio itself flows in
+PortAudio's callback threads: capture -> :class:`~.sender.Sender` -> publish, and network
+-> :class:`~.receiver.Receiver` -> playback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from appliance.audio.devices import PyAudioModule, find_device, quiet_stderr
+from appliance.audio.jitter import JitterConfig
+from appliance.audio.profile import (
+    PLAYBACK_PERIOD_MS,
+    PLAYBACK_RATE,
+    PROFILES,
+    Profile,
+    ProfileName,
+)
+from appliance.audio.receiver import PERIOD_SAMPLES, Receiver
+from appliance.audio.sender import PublishFrame, Sender
+
+log = logging.getLogger("gochat.audio")
+
+DeviceReport = Callable[[str | None], None]  # None: all well; str: what is wrong
+SUPERVISE_S = 0.05
+REOPEN_MIN_S = 0.5
+REOPEN_MAX_S = 10.0
+END_GRACE_S = 0.25  # how long a closing spurt may take to send its last block
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    """What the engine needs from the ``audio`` config section."""
+
+    input_device: str = "default"
+    output_device: str = "default"
+    profile: ProfileName = "default"
+    bitrate: int | None = None
+    dtx: bool = True
+    jitter_min_packets: int = 1
+    jitter_max_packets: int = 3
+    jitter_cap_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class AudioStats:
+    """The ``audio`` object of ``/status`` (DEVICE.md)."""
+
+    frames_sent: int
+    frames_received: int
+    frames_concealed: int
+    jitter_ms: float
+
+
+class _Stream:
+    """One PortAudio stream kept open by the supervisor, reopened with backoff."""
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.handle: Any = None
+        self.error: str | None = None
+        self.retry_at = 0.0
+        self.backoff = REOPEN_MIN_S
+
+    @property
+    def open(self) -> bool:
+        return self.handle is not None
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.handle is not None and self.handle.is_active())
+        except OSError:
+            return False
+
+    def failed(self, reason: str, now: float) -> None:
+        self.close()
+        self.error = reason
+        self.retry_at = now + self.backoff
+        self.backoff = min(self.backoff * 2, REOPEN_MAX_S)
+
+    def opened(self, handle: Any) -> None:
+        self.handle, self.error, self.backoff = handle, None, REOPEN_MIN_S
+
+    def close(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            try:
+                handle.stop_stream()
+                handle.close()
+            except OSError:
+                pass  # a lost device may refuse even to close
+
+
+class AudioEngine:
+    """Publishes our voice while we are seated with the mic on, plays everyone heard."""
+
+    def __init__(
+        self,
+        config: AudioConfig,
+        pyaudio: PyAudioModule,
+        publish: PublishFrame,
+        report: DeviceReport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.profile: Profile = PROFILES[config.profile]
+        self._pa_module = pyaudio
+        self._pa: Any = None
+        self._report = report
+        self._clock = clock
+        self.sender = Sender(
+            self.profile, publish, bitrate=config.bitrate, dtx=config.dtx, clock=clock
+        )
+        self.receiver = Receiver(
+            JitterConfig(
+                period_ms=PLAYBACK_PERIOD_MS,
+                min_packets=config.jitter_min_packets,
+                max_packets=config.jitter_max_packets,
+                cap_ms=config.jitter_cap_ms,
+            ),
+            clock,
+        )
+        self._capture = _Stream("input")
+        self._playback = _Stream("output")
+        self._publish_to: str | None = None  # room we should be publishing into
+        self._end_deadline: float | None = None
+        self._reported: str | None = None
+        self._wake = threading.Event()
+        self._running = False
+        self._thread = threading.Thread(target=self._supervise, name="audio", daemon=True)
+
+    # ------------------------------------------------------------ the daemon's port
+
+    def start(self) -> None:
+        """Start the supervisor (it opens the playback device at once)."""
+        self._running = True
+        self._thread.start()
+
+    def start_publishing(self, room_id: str, user_id: str) -> None:
+        """We hold a seat with the mic on in ``room_id``: capture and publish."""
+        del user_id  # the topic names us; the session knows who we are
+        self._publish_to = room_id
+        self._wake.set()
+
+    def stop_publishing(self) -> None:
+        """Muted, removed or leaving: end the talk spurt and close capture."""
+        self._publish_to = None
+        self._wake.set()
+
+    def set_heard(self, room_id: str | None, user_ids: frozenset[str]) -> None:
+        """Play exactly these users' streams in ``room_id``."""
+        self.receiver.set_heard(room_id, user_ids)
+
+    def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
+        """A frame arrived (MQTT network thread)."""
+        self.receiver.on_frame(room_id, user_id, payload, arrival)
+
+    def stats(self) -> AudioStats:
+        """Counters for ``/status``."""
+        received = self.receiver.stats()
+        return AudioStats(
+            frames_sent=self.sender.frames_sent,
+            frames_received=received.frames_received,
+            frames_concealed=received.frames_concealed,
+            jitter_ms=round(received.jitter_ms, 1),
+        )
+
+    def close(self) -> None:
+        """Stop publishing (with the last-packet flag if the device allows), close all."""
+        self._publish_to = None
+        self._running = False
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(1.0)
+        self._capture.close()
+        self._playback.close()
+        if self._pa is not None:
+            self._pa.terminate()
+        self.sender.close()
+        self.receiver.close()
+
+    # ------------------------------------------------------------ supervisor thread
+
+    def _supervise(self) -> None:
+        while self._running:
+            now = self._clock()
+            try:
+                self._keep_playback(now)
+                self._keep_capture(now)
+            except Exception:  # never let the audio thread die: report and retry
+                log.exception("audio supervisor error")
+            self._update_report()
+            self._wake.wait(SUPERVISE_S)
+            self._wake.clear()
+        self._finish_spurt()
+
+    def _keep_playback(self, now: float) -> None:
+        stream = self._playback
+        if stream.open and not stream.alive():
+            log.warning("playback device lost")
+            stream.failed("playback device lost", now)
+        if not stream.open and now >= stream.retry_at:
+            self._open(stream, now)
+
+    def _keep_capture(self, now: float) -> None:
+        stream, wanted = self._capture, self._publish_to
+        if stream.open and not stream.alive():
+            if self.sender.active:  # died mid-spurt: the device is gone
+                log.warning("capture device lost")
+                self.sender.abandon()
+                stream.failed("capture device lost", now)
+            else:
+                stream.close()  # the spurt ended with its last block
+        if wanted is None:
+            stream.error = None  # a missing microphone is no error while muted
+            self._wind_down(now)
+        elif not stream.open and now >= stream.retry_at:
+            self._end_deadline = None
+            self.sender.begin(wanted)
+            if not self._open(stream, now):
+                self.sender.abandon()
+
+    def _wind_down(self, now: float) -> None:
+        """End the spurt with its last-packet flag, then let capture close."""
+        if not self._capture.open:
+            self._end_deadline = None
+        elif self._end_deadline is None:
+            self.sender.end()
+            self._end_deadline = now + END_GRACE_S
+        elif now >= self._end_deadline:  # the device never took the last block
+            self.sender.abandon()
+            self._capture.close()
+            self._end_deadline = None
+
+    def _finish_spurt(self) -> None:
+        if self._capture.open and self.sender.active:
+            self.sender.end()
+            deadline = self._clock() + END_GRACE_S
+            while self.sender.active and self._clock() < deadline:
+                time.sleep(0.005)
+
+    def _open(self, stream: _Stream, now: float) -> bool:
+        try:
+            pa = self._pyaudio()
+            stream.opened(self._open_stream(pa, stream.side))
+        except (OSError, LookupError, ValueError) as exc:
+            reason = f"{stream.side} device unavailable: {exc}"
+            if stream.error != reason:
+                log.warning("%s (retrying)", reason)
+            stream.failed(reason, now)
+            if not (self._capture.open or self._playback.open):
+                self._drop_pyaudio()  # rescan devices on the next attempt
+            return False
+        log.info("%s device open", stream.side)
+        return True
+
+    def _open_stream(self, pa: Any, side: str) -> Any:
+        m = self._pa_module
+        if side == "output":
+            index = find_device(pa, self.config.output_device, "output")
+            return pa.open(
+                format=m.paInt16, channels=1, rate=PLAYBACK_RATE, output=True,
+                output_device_index=index, frames_per_buffer=PERIOD_SAMPLES,
+                stream_callback=self._on_playback,
+            )  # fmt: skip
+        index = find_device(pa, self.config.input_device, "input")
+        return pa.open(
+            format=m.paInt16, channels=1, rate=self.profile.capture_rate, input=True,
+            input_device_index=index, frames_per_buffer=self.profile.frame_samples,
+            stream_callback=self._on_capture,
+        )  # fmt: skip
+
+    def _pyaudio(self) -> Any:
+        if self._pa is None:
+            with quiet_stderr():
+                self._pa = self._pa_module.PyAudio()
+        return self._pa
+
+    def _drop_pyaudio(self) -> None:
+        if self._pa is not None:
+            self._pa.terminate()
+            self._pa = None
+
+    def _update_report(self) -> None:
+        problem = self._playback.error or self._capture.error
+        if problem != self._reported:
+            self._reported = problem
+            self._report(problem)
+
+    # ------------------------------------------------------------ PortAudio threads
+
+    def _on_capture(self, in_data: bytes | None, frames: int, _t: Any, _s: int) -> tuple[None, int]:
+        if in_data is None:
+            return None, self._pa_module.paContinue
+        pcm = np.frombuffer(in_data, dtype=np.int16)
+        going = self.sender.on_block(pcm)
+        return None, self._pa_module.paContinue if going else self._pa_module.paComplete
+
+    def _on_playback(self, _in: bytes | None, frames: int, _t: Any, _s: int) -> tuple[bytes, int]:
+        if frames != PERIOD_SAMPLES:
+            return bytes(frames * 2), self._pa_module.paContinue
+        return self.receiver.render(), self._pa_module.paContinue
