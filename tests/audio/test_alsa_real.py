@@ -131,3 +131,42 @@ def test_playback_writes_what_was_played(
     assert np.array_equal(written[: len(played)], played)
     assert not written[len(played) :].any()  # at most padding to a whole period
     assert abs(tone.dominant_frequency(written) - 1000) < 1
+
+
+def test_our_device_lookup_and_checks_run_on_real_alsa(alsa_files: tuple[Path, Path]) -> None:
+    from appliance.audio import check
+
+    assert "gochat_test_in" in check.device_table(pyaudio)  # type: ignore[arg-type]
+    heard = check.record(pyaudio, "gochat_test_in", seconds=0.5)  # type: ignore[arg-type]
+    assert abs(heard.dominant_hz - 440) <= 5 and heard.level_dbfs > -10
+    check.play_tone(pyaudio, "gochat_test_out", hz=1000, seconds=0.2)  # type: ignore[arg-type]
+    played = np.fromfile(alsa_files[1], dtype="<i2")
+    assert abs(tone.dominant_frequency(played[: RATE // 5], RATE) - 1000) <= 5
+
+
+def test_the_engine_captures_and_publishes_through_real_alsa(
+    alsa_files: tuple[Path, Path],
+) -> None:
+    from appliance.audio.engine import AudioConfig, AudioEngine
+    from appliance.audio.opus import Decoder
+    from appliance.protocol import frames
+
+    sent: list[bytes] = []
+    got_enough = threading.Event()
+
+    def publish(_room: str, payload: bytes) -> None:
+        sent.append(payload)
+        if len(sent) >= 50:
+            got_enough.set()
+
+    config = AudioConfig(input_device="gochat_test_in", output_device="gochat_test_out")
+    engine = AudioEngine(config, pyaudio, publish, lambda _problem: None)  # type: ignore[arg-type]
+    engine.start()
+    try:
+        engine.start_publishing("r", "me")
+        assert got_enough.wait(5)
+    finally:
+        engine.close()
+    decoder = Decoder()
+    pcm = np.concatenate([decoder.decode(frames.unpack(p).opus).copy() for p in sent[5:45]])
+    assert abs(tone.dominant_frequency(pcm, RATE) - 440) <= 5
