@@ -19,7 +19,10 @@ import numpy as np
 import pyaudio
 import pytest
 
-from appliance.audio import tone
+from appliance.audio import check, tone
+from appliance.audio.engine import AudioConfig, AudioEngine
+from appliance.audio.opus import Decoder
+from appliance.protocol import frames
 
 pytestmark = pytest.mark.alsa
 
@@ -134,8 +137,6 @@ def test_playback_writes_what_was_played(
 
 
 def test_our_device_lookup_and_checks_run_on_real_alsa(alsa_files: tuple[Path, Path]) -> None:
-    from appliance.audio import check
-
     assert "gochat_test_in" in check.device_table(pyaudio)  # type: ignore[arg-type]
     heard = check.record(pyaudio, "gochat_test_in", seconds=0.5)  # type: ignore[arg-type]
     assert abs(heard.dominant_hz - 440) <= 5 and heard.level_dbfs > -10
@@ -147,10 +148,6 @@ def test_our_device_lookup_and_checks_run_on_real_alsa(alsa_files: tuple[Path, P
 def test_the_engine_captures_and_publishes_through_real_alsa(
     alsa_files: tuple[Path, Path],
 ) -> None:
-    from appliance.audio.engine import AudioConfig, AudioEngine
-    from appliance.audio.opus import Decoder
-    from appliance.protocol import frames
-
     sent: list[bytes] = []
     got_enough = threading.Event()
 
