@@ -6,8 +6,12 @@ on when a CA file is configured.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import socket
 import ssl
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -18,6 +22,8 @@ from appliance.settings import BrokerSettings
 
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+
+log = logging.getLogger("gochat.mqtt")
 
 
 def new_client(client_id: str) -> paho.Client:
@@ -78,3 +84,112 @@ def routing_of(message: paho.MQTTMessage) -> tuple[str | None, bytes | None]:
     topic = getattr(props, "ResponseTopic", None)
     correlation = getattr(props, "CorrelationData", None)
     return topic, bytes(correlation) if correlation is not None else None
+
+
+def backoff_delay(
+    failures: int,
+    rng: Callable[[], float] = random.random,
+    *,
+    first_s: float = RECONNECT_MIN_S,
+    cap_s: float = RECONNECT_MAX_S,
+) -> float:
+    """Seconds to wait before the next connection attempt ("equal jitter").
+
+    The base doubles from ``first_s`` with each attempt that failed in a row, up to
+    ``cap_s``; the wait is uniform in ``[base/2, base]``, so a fleet that lost the
+    broker together spreads out when it comes back, and no wait is ever near zero.
+    """
+    base = min(cap_s, first_s * 2.0 ** min(failures, 32))
+    return base / 2 + rng() * base / 2
+
+
+class LoopDriver:
+    """Runs a paho client on an asyncio event loop instead of paho's network thread.
+
+    Every message is then handled on the loop as it is read, with no hand-off between
+    threads: the server spends about a third less CPU at 3,000 requests/s and answers
+    5,000 requests/s (measured; README, server benchmark). Reconnects use
+    :func:`backoff_delay`. The appliance keeps paho's thread instead: its audio frames
+    must never wait on the loop.
+
+    The owner calls :meth:`connected` and :meth:`disconnected` from its paho
+    ``on_connect``/``on_disconnect`` callbacks (which run on the loop).
+    """
+
+    def __init__(self, client: paho.Client, loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._loop = loop
+        self._target: tuple[str, int, int] | None = None
+        self._failures = 0
+        self._retry: asyncio.TimerHandle | None = None
+        self._misc: asyncio.TimerHandle | None = None
+        self._stopped = False
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._done_writing
+
+    def connect(self, host: str, port: int, keepalive: int) -> None:
+        """Connect now, and keep reconnecting (with backoff) until :meth:`stop`."""
+        self._target = (host, port, keepalive)
+        self._attempt()
+
+    def connected(self) -> None:
+        """The broker accepted us: the next loss starts the backoff afresh."""
+        self._failures = 0
+
+    def disconnected(self) -> None:
+        """The connection is gone (or was refused): try again after a while."""
+        if not self._stopped and self._retry is None:
+            delay = backoff_delay(self._failures)
+            self._failures += 1
+            self._retry = self._loop.call_later(delay, self._attempt)
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop reconnecting."""
+        self._stopped = True
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._client.is_connected():
+            self._client.disconnect()
+            self._client.loop_write()  # send the DISCONNECT before the socket closes
+
+    def _attempt(self) -> None:
+        self._retry = None
+        if self._stopped or self._target is None:
+            return
+        host, port, keepalive = self._target
+        try:
+            # A blocking TCP connect: immediate on loopback and a LAN, bounded by paho's
+            # connect timeout otherwise; nothing else could happen without a broker.
+            self._client.connect(host, port, keepalive)
+        except (OSError, ValueError) as exc:
+            log.warning("broker %s:%d unreachable: %s", host, port, exc)
+            self.disconnected()
+
+    def _socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
+        set_no_delay(client, userdata, sock)
+        self._loop.add_reader(sock, self._read)  # type: ignore[arg-type]
+        self._misc = self._loop.call_later(1.0, self._housekeeping)
+
+    def _socket_close(self, _client: paho.Client, _userdata: object, sock: object) -> None:
+        self._loop.remove_reader(sock)  # type: ignore[arg-type]
+        self._loop.remove_writer(sock)  # type: ignore[arg-type]
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+
+    def _want_write(self, _client: paho.Client, _userdata: object, sock: object) -> None:
+        self._loop.add_writer(sock, self._client.loop_write)  # type: ignore[arg-type]
+
+    def _done_writing(self, _client: paho.Client, _userdata: object, sock: object) -> None:
+        self._loop.remove_writer(sock)  # type: ignore[arg-type]
+
+    def _read(self) -> None:
+        self._client.loop_read()
+
+    def _housekeeping(self) -> None:
+        """Keepalive pings and their timeouts, once a second while connected."""
+        self._misc = None
+        if self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+            self._misc = self._loop.call_later(1.0, self._housekeeping)

@@ -1,11 +1,11 @@
 """The business server process: the MQTT adapter around the pure rules.
 
-Messages arrive on paho's network thread and are handed to the asyncio loop, where
-everything else happens on one thread. Requests are handled as they come and their
-effects batched: once the loop has drained what arrived, one SQLite transaction
-commits the batch, and only then are the replies, inbox commands and room states sent
-(group commit: a reply promises the change survives a crash, at one commit per batch
-rather than per request).
+paho runs on the asyncio loop (:class:`~appliance.mqtt.LoopDriver`), so everything
+happens on one thread and a message is handled where it is read. Requests are handled
+as they come and their effects batched: once the loop has drained what arrived, one
+SQLite transaction commits the batch, and only then are the replies, inbox commands
+and room states sent (group commit: a reply promises the change survives a crash, at
+one commit per batch rather than per request).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
-from appliance.mqtt import make_client, publish_properties, routing_of
+from appliance.mqtt import LoopDriver, make_client, publish_properties, routing_of
 from appliance.protocol import models as m
 from appliance.protocol import topics
 from appliance.protocol.models import Code
@@ -40,6 +40,7 @@ log = logging.getLogger("gochat.server")
 Clock = Callable[[], float]
 TICK_INTERVAL_S = 0.25
 COUNTER_REPORT_S = 60.0  # how often changed counters are logged
+SERVER_INFLIGHT = 1000  # QoS 1 answers awaiting PUBACK (the broker grants as many)
 
 
 @dataclass(slots=True)
@@ -83,6 +84,11 @@ class Server:
         self.connected = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._client = make_client(settings.broker, settings.username)
+        # The server answers everyone: a deep window and no cap on its outgoing queue,
+        # which would otherwise drop answers to requests already committed.
+        self._client.max_inflight_messages_set(SERVER_INFLIGHT)
+        self._client.max_queued_messages_set(0)
+        self._driver = LoopDriver(self._client, self._loop)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -98,8 +104,7 @@ class Server:
         self._absorb(self.service.restarted(self.clock()))
         self._flush()
         broker = self.settings.broker
-        self._client.connect_async(broker.host, broker.port, keepalive=broker.keepalive_s)
-        self._client.loop_start()
+        self._driver.connect(broker.host, broker.port, broker.keepalive_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick the rules until ``stop`` is set."""
@@ -120,11 +125,10 @@ class Server:
     def close(self) -> None:
         """Commit what is pending, disconnect and close the store."""
         self._flush()
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._driver.stop()
         self.store.close()
 
-    # ------------------------------------------------------------ paho thread
+    # ------------------------------------------------------------ paho callbacks
 
     def _on_connect(
         self,
@@ -136,22 +140,21 @@ class Server:
     ) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
+            self._driver.disconnected()
             return
-        client.subscribe(
-            [(topics.REQUESTS_ALL, 1), (topics.PRESENCE_ALL, 1)],
-        )
-        self._loop.call_soon_threadsafe(self._connected)
+        self._driver.connected()
+        client.subscribe([(topics.REQUESTS_ALL, 1), (topics.PRESENCE_ALL, 1)])
+        self._connected()
 
     def _on_disconnect(
         self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         log.warning("disconnected from the broker: %s", reason)
-        self._loop.call_soon_threadsafe(self.connected.clear)
+        self.connected.clear()
+        self._driver.disconnected()
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        self._loop.call_soon_threadsafe(self._dispatch, message)
-
-    # ------------------------------------------------------------ loop thread
+        self._dispatch(message)
 
     def _connected(self) -> None:
         log.info("connected to the broker")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from support import Broker
-from support.gochat import ServerProcess, connect
+from support.gochat import RunningServer, ServerProcess, connect
 
 from appliance.protocol import models as m
 
@@ -57,3 +58,25 @@ def test_sigkill_loses_no_state_and_republishes(broker: Broker, tmp_path: Path) 
         for client in (host, ann, bob, carl):
             client.close()
         assert server.stop() == 0, server.log()
+
+
+def test_server_reconnects_after_a_broker_restart(broker: Broker, tmp_path: Path) -> None:
+    server = RunningServer(broker, tmp_path / "server.db").start()
+    host = connect(broker, "host")
+    try:
+        room_id = host.call("create_room", subject="Kept")["room"]["room_id"]
+        broker.kill()  # a crash: the broker keeps nothing since its last save
+        broker.start()
+        deadline = time.monotonic() + 15
+        while True:  # the server and the client both come back by themselves
+            try:
+                reply = host.request("heartbeat", {}, timeout_s=0.5)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "server never came back"
+        assert reply.code == 0 and reply.data is not None and reply.data["room_id"] == room_id
+        host.watch_room(room_id)  # republished on reconnect, though the broker lost it
+        assert host.wait_room(room_id, lambda s: s.seats[0].user_id == "host").subject == "Kept"
+    finally:
+        host.close()
+        server.stop()
