@@ -1,0 +1,1 @@
+"""Benchmarks: measurements printed as Markdown, never pass/fail tests."""
