@@ -17,3 +17,10 @@ def admin_main() -> None:
     from appliance.admin import main
 
     sys.exit(main(sys.argv[1:]))
+
+
+def appliance_main() -> None:
+    """``gochat-appliance``: the appliance daemon, config check and console."""
+    from appliance.device.main import main
+
+    sys.exit(main(sys.argv[1:]))

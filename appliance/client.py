@@ -210,4 +210,3 @@ class GoChatClient:
                 if old is None or state.version > old.version:
                     self.rooms[room_id] = state
             self._lock.notify_all()
-

@@ -223,3 +223,21 @@ def wait_for_pattern(
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------- long runs
+
+
+def trim_history(factory: Any, pins: PanelPins | None = None, keep: int = 256) -> None:
+    """Drop all but the latest ``keep`` states of every LED pin.
+
+    gpiozero's ``MockPin`` records every change forever, so a blinking LED under a
+    long-running ``--mock-hw`` daemon grows by ~10 entries a second. :func:`timeline`
+    walks back from the latest change, so dropping the oldest ones loses nothing it
+    needs. ``del`` of a slice is one operation under the GIL: a blink thread appending
+    meanwhile loses nothing.
+    """
+    for name in LED_NAMES:
+        states = led_pin(factory, name, pins).states
+        if len(states) > 2 * keep:
+            del states[:-keep]

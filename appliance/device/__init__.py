@@ -7,8 +7,18 @@
 * :mod:`.panel`: the gpiozero buttons and LEDs (the only module here that touches pins),
   and the small asyncio glue that runs the gesture detector on the event loop.
 
-The MQTT session, CoAP API and main loop live around this core: they turn the world
-into events, feed :func:`~appliance.device.machine.step`, and carry the effects out.
+The imperative shell around this core turns the world into events, feeds
+:func:`~appliance.device.machine.step`, and carries the effects out:
+
+* :mod:`.session`: the MQTT client on its own network thread (jittered reconnects,
+  presence, requests and answers, room subscriptions, audio frames straight to audio).
+* :mod:`.coap`: the local CoAP API (aiocoap) of DEVICE.md.
+* :mod:`.audio_port`: the seam to the audio engine (:class:`~.audio_port.AudioPort`).
+* :mod:`.daemon`: the one event loop that owns the machine, timers and systemd glue.
+* :mod:`.settings`, :mod:`.main`: configuration and the ``gochat-appliance`` command.
+* :mod:`.console`: a curses console that watches and presses appliances over CoAP.
+
+The choices the shell makes where DEVICE.md is silent are in ``docs/device-notes.md``.
 
 Choices where DEVICE.md is silent
 ---------------------------------

@@ -90,6 +90,32 @@ class ResponseReceived:
     response: Response
 
 
+@dataclass(frozen=True, slots=True)
+class RequestUndelivered:
+    """The broker took the request with ``tag`` but nobody was subscribed to receive it
+    (MQTT 5 PUBACK 0x10, "no matching subscribers"): the business server is not
+    connected, and no answer will come. Brokers that do not send 0x10 leave this to
+    the request timeout."""
+
+    tag: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRefused:
+    """The broker refused something this device sent on a live connection: a QoS 1
+    PUBLISH answered with a PUBACK reason code >= 0x80 (0x87 "not authorized" when the
+    ACL denies the topic), or a SUBSCRIBE answered with a failure.
+
+    ``tag``: the request the refused publish carried, if it was one (that request
+    then fails at once instead of timing out). The status LED shows the error until
+    the next successful connection: a refusal means the broker's ACL and this
+    device's identity disagree, which a reconnect re-checks.
+    """
+
+    reason: str
+    tag: int | None = None
+
+
 # ---------------------------------------------------------------- from the person
 
 
@@ -127,6 +153,17 @@ class LeaveRequested:
     """CoAP ``DELETE /room``: leave the current room (a host's leaving closes it)."""
 
     ticket: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomListRequested:
+    """CoAP ``GET /rooms`` (or the daemon looking for the first open room): send
+    ``get_room_list``; the outcome comes back in the :class:`ApiReply` for ``ticket``.
+    Answered at once with 503 while not logged in."""
+
+    ticket: int
+    cursor: str | None = None
+    page_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +207,13 @@ Event = (
     | RoomStateReceived
     | InboxReceived
     | ResponseReceived
+    | RequestUndelivered
+    | PublishRefused
     | Gesture
     | JoinRequested
     | CreateRequested
     | LeaveRequested
+    | RoomListRequested
     | HostAction
     | Tick
     | AudioDeviceLost

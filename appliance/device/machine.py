@@ -53,7 +53,10 @@ from appliance.device.events import (
     JoinRequested,
     LeaveRequested,
     PressKind,
+    PublishRefused,
+    RequestUndelivered,
     ResponseReceived,
+    RoomListRequested,
     RoomStateReceived,
     Started,
     StopRequested,
@@ -109,6 +112,8 @@ TIMEOUT = 504
 """:class:`ApiReply` code: the server did not answer within the request timeout."""
 BAD_ANSWER = 502
 """:class:`ApiReply` code: the server's success answer did not fit its shape."""
+BROKER_REFUSED = 502
+""":class:`ApiReply` code: the broker refused to carry the request (ACL)."""
 
 _ROOM_OPS = frozenset({"login_room", "create_room", "quit_room"})
 _SESSION_OPS = _ROOM_OPS | {"login", "heartbeat"}
@@ -170,14 +175,23 @@ def _dispatch(s: DeviceState, event: Event, now: float, out: Out) -> DeviceState
             return _on_lifecycle(s, event, now, out)
         case RoomStateReceived() | InboxReceived() | ResponseReceived():
             return _on_server(s, event, now, out)
-        case Gesture() | JoinRequested() | CreateRequested() | LeaveRequested() | HostAction():
+        case RequestUndelivered() | PublishRefused():
+            return _on_broker_verdict(s, event, now, out)
+        case (
+            Gesture()
+            | JoinRequested()
+            | CreateRequested()
+            | LeaveRequested()
+            | HostAction()
+            | RoomListRequested()
+        ):
             return _on_person(s, event, now, out)
         case Tick():
             return s  # expiry and reconciliation run after every event anyway
-        case AudioDeviceLost():
-            return replace(s, faults=s.faults | {Fault.AUDIO_LOST})
-        case AudioDeviceRestored():
-            return replace(s, faults=s.faults - {Fault.AUDIO_LOST})
+        case AudioDeviceLost() | AudioDeviceRestored():
+            lost = isinstance(event, AudioDeviceLost)
+            faults = s.faults | {Fault.AUDIO_LOST} if lost else s.faults - {Fault.AUDIO_LOST}
+            return replace(s, faults=faults)
         case _:
             assert_never(event)
 
@@ -216,7 +230,12 @@ def _on_server(
 
 def _on_person(
     s: DeviceState,
-    event: Gesture | JoinRequested | CreateRequested | LeaveRequested | HostAction,
+    event: Gesture
+    | JoinRequested
+    | CreateRequested
+    | LeaveRequested
+    | HostAction
+    | RoomListRequested,
     now: float,
     out: Out,
 ) -> DeviceState:
@@ -232,6 +251,8 @@ def _on_person(
             return replace(s, target=None, leave_ticket=event.ticket)
         case HostAction():
             return _on_host_action(s, event, now, out)
+        case RoomListRequested():
+            return _on_room_list(s, event, now, out)
 
 
 # ---------------------------------------------------------------- lifecycle and link
@@ -255,7 +276,7 @@ def _on_connected(s: DeviceState, out: Out) -> DeviceState:
         s,
         link="up",
         session=None,
-        faults=s.faults - {Fault.BROKER_REFUSED},
+        faults=s.faults - {Fault.BROKER_REFUSED, Fault.PUBLISH_REFUSED},
         failures=0,
         retry_at=0.0,
         shown=replace(s.shown, subscribed=None),
@@ -282,6 +303,26 @@ def _abandon_pending(s: DeviceState, out: Out) -> DeviceState:
         if p.ticket is not None:
             out.append(ApiReply(p.ticket, LINK_LOST, "the broker connection was lost"))
     return replace(s, pending=EMPTY, deferred=())
+
+
+# ---------------------------------------------------------------- broker verdicts
+
+
+def _on_broker_verdict(
+    s: DeviceState, event: RequestUndelivered | PublishRefused, now: float, out: Out
+) -> DeviceState:
+    if isinstance(event, PublishRefused):
+        s = replace(s, faults=s.faults | {Fault.PUBLISH_REFUSED})
+        code, message = BROKER_REFUSED, f"the broker refused the request ({event.reason})"
+    else:
+        code, message = LINK_LOST, "the server is not connected to the broker"
+    tag = event.tag
+    p = s.pending.get(tag) if tag is not None else None
+    if p is None:
+        return s
+    # No answer will come: fail the request now rather than at its timeout.
+    s = replace(s, pending={t: q for t, q in s.pending.items() if t != tag})
+    return _on_failure(s, p, code, message, now=now, out=out)
 
 
 # ---------------------------------------------------------------- room state
@@ -490,6 +531,18 @@ _PRESSES: dict[tuple[ButtonName, PressKind], Callable[[DeviceState, Role, str], 
 
 
 # ---------------------------------------------------------------- CoAP requests
+
+
+def _on_room_list(s: DeviceState, event: RoomListRequested, now: float, out: Out) -> DeviceState:
+    if not s.running or view.connection(s) != "online":
+        _reply(event.ticket, LINK_LOST, "not connected to the server yet", out)
+        return s
+    fields: Fields = {}
+    if event.cursor is not None:
+        fields["cursor"] = event.cursor
+    if event.page_size is not None:
+        fields["page_size"] = event.page_size
+    return _ask(s, "get_room_list", fields, now, out, ticket=event.ticket)
 
 
 def _on_join_requested(s: DeviceState, event: JoinRequested, out: Out) -> DeviceState:
@@ -946,7 +999,8 @@ def _heartbeat_if_due(s: DeviceState, now: float, out: Out) -> DeviceState:
 def _flush_deferred(s: DeviceState, now: float, out: Out) -> DeviceState:
     deferred, s = s.deferred, replace(s, deferred=())
     for p in deferred:
-        if getattr(p.payload, "room_id", None) == s.joined:
+        room = getattr(p.payload, "room_id", None)
+        if room is None or room == s.joined:  # room-less requests (room list) always fit
             s = _send(s, replace(p, sent_at=now), out)
         else:
             _report(p, Code.CONFLICT, "the room changed before the retry", None, out)
@@ -992,6 +1046,7 @@ def _sync(s: DeviceState, out: Out) -> DeviceState:
 
 __all__ = [
     "BAD_ANSWER",
+    "BROKER_REFUSED",
     "LINK_LOST",
     "TIMEOUT",
     "DeviceMachine",

@@ -35,6 +35,8 @@ class Fault(StrEnum):
 
     BROKER_REFUSED = "broker_refused"
     """The broker refused the connection; cleared by the next successful connection."""
+    PUBLISH_REFUSED = "publish_refused"
+    """The broker refused a publish or subscription; cleared by the next connection."""
     LOGIN_FAILED = "login_failed"
     """The server refused ``login``; cleared by a successful login."""
     ROOM_LOST = "room_lost"

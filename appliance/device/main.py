@@ -1,0 +1,143 @@
+"""``gochat-appliance``: run the daemon, check a configuration, or watch devices.
+
+::
+
+    gochat-appliance run [--config FILE] [--mock-hw] [-v]
+    gochat-appliance check-config FILE
+    gochat-appliance console [--ports 5683,5684,5685] [--host 127.0.0.1]
+    gochat-appliance status [--port 5683] [--host 127.0.0.1] [--wait-in-room]
+
+Kept light on purpose: each command imports only what it needs, so ``--help`` and
+the daemon's start (READY=1) stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TextIO
+
+STARTED_AT = time.monotonic()
+EX_CONFIG = 78
+PROG = "gochat-appliance"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The GoChat appliance: a voice-room member with three buttons."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon (systemd: Type=notify)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config (default /etc/gochat/appliance.toml; env GOCHAT_* overrides)",
+    )
+    run.add_argument(
+        "--mock-hw",
+        action="store_true",
+        help="GPIO and sound on stand-ins (hw_mocks): press buttons over CoAP",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    check = sub.add_parser("check-config", help='validate a config: prints "ok" or the error')
+    check.add_argument("config", type=Path)
+    console = sub.add_parser("console", help="watch and press appliances over CoAP (curses)")
+    console.add_argument(
+        "--ports",
+        default="5683,5684,5685",
+        help="comma-separated CoAP ports (default: %(default)s)",
+    )
+    console.add_argument("--host", default="127.0.0.1", help="CoAP host (default: %(default)s)")
+    status = sub.add_parser("status", help="print an appliance's /status (JSON)")
+    status.add_argument("--port", type=int, default=5683, help="CoAP port (default: %(default)s)")
+    status.add_argument("--host", default="127.0.0.1", help="CoAP host (default: %(default)s)")
+    status.add_argument(
+        "--wait-in-room", action="store_true", help="first wait until it is online in a room"
+    )
+    status.add_argument("--timeout", type=float, default=15.0, help="seconds (default: 15)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "status":
+        from appliance.device.console import status_command  # noqa: PLC0415  # lazy: fast start
+
+        return status_command(
+            args.host, args.port, wait_in_room=args.wait_in_room, timeout_s=args.timeout
+        )
+    if args.command == "console":
+        from appliance.device.console import run_console  # noqa: PLC0415  # lazy: fast start
+
+        return run_console(args.host, args.ports)
+    return _run(args.config, mock_hw=args.mock_hw, verbose=args.verbose)
+
+
+def _check_config(path: Path) -> int:
+    from appliance.device.settings import ApplianceSettings  # noqa: PLC0415  # lazy: fast start
+    from appliance.settings import ConfigError  # noqa: PLC0415  # lazy: fast start
+
+    try:
+        ApplianceSettings.load(path)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    print("ok")
+    return 0
+
+
+def _run(path: Path | None, *, mock_hw: bool, verbose: bool) -> int:
+    from appliance.device.settings import DEFAULT_CONFIG_PATH, ApplianceSettings  # noqa: PLC0415  # lazy: fast start
+    from appliance.settings import ConfigError  # noqa: PLC0415  # lazy: fast start
+
+    try:
+        settings = ApplianceSettings.load(path if path is not None else DEFAULT_CONFIG_PATH)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    _configure_logging(verbose)
+    import asyncio  # noqa: PLC0415  # lazy: fast start
+
+    from appliance.device.audio_port import load_audio_factory  # noqa: PLC0415  # lazy: fast start
+    from appliance.device.daemon import Daemon  # noqa: PLC0415  # lazy: fast start
+
+    daemon = Daemon(
+        settings, mock_hw=mock_hw, audio_factory=load_audio_factory(), started_at=STARTED_AT
+    )
+    return asyncio.run(daemon.run())
+
+
+def _configure_logging(verbose: bool) -> None:
+    # Under systemd, journald stamps every line itself (JOURNAL_STREAM is set then).
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=stamp + "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Library warnings (e.g. gpiozero's pin factory fallbacks) become one log line each.
+    warnings.showwarning = _log_warning
+    if not verbose:
+        logging.getLogger("coap-server").setLevel(logging.WARNING)
+        logging.getLogger("coap").setLevel(logging.WARNING)
+
+
+def _log_warning(  # noqa: PLR0917  # the signature of warnings.showwarning
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)

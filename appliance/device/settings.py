@@ -1,0 +1,215 @@
+"""The appliance's configuration (``config/appliance.toml``; DEVICE.md "Configuration").
+
+One TOML file, default :data:`DEFAULT_CONFIG_PATH`, every key overridable by
+``GOCHAT_<SECTION>__<KEY>`` (e.g. ``GOCHAT_DEVICE__USER_ID``, ``GOCHAT_COAP__PORT``).
+:meth:`ApplianceSettings.load` raises :class:`~appliance.settings.ConfigError` with one
+line naming the key and the reason; the entry point turns it into exit status 78.
+
+Identity: the device's ``user_id`` is its broker username and its MQTT client id
+(PROTOCOL.md section 1), so ``broker.username`` may be left empty (it then defaults to
+the user id) but must not name anyone else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
+from appliance.settings import BrokerSettings, ConfigError, FileSettings, Section
+
+DEFAULT_CONFIG_PATH = Path("/etc/gochat/appliance.toml")
+NAME_MAX = 32
+SUBJECT_MAX = 64
+BCM_MAX = 27
+
+
+class DeviceSettings(Section):
+    """Who this appliance is."""
+
+    user_id: str
+    """Its GoChat user id, which is also its broker username and MQTT client id."""
+    name: str | None = Field(default=None, min_length=1, max_length=NAME_MAX)
+    """The display name sent with ``login`` (default: the user id, cut to 32 chars)."""
+
+    @field_validator("user_id")
+    @classmethod
+    def _valid_user_id(cls, value: str) -> str:
+        if not is_user_id(value):
+            raise ValueError("must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        if value == SERVER_USER_ID:
+            raise ValueError(f"{SERVER_USER_ID!r} is the business server's account")
+        return value
+
+    @property
+    def display_name(self) -> str:
+        """The name to log in with."""
+        return self.name if self.name is not None else self.user_id[:NAME_MAX]
+
+
+class RoomSettings(Section):
+    """What to do at start: host a room, join one, or wait for ``PUT /room``."""
+
+    mode: Literal["host", "join", "idle"] = "idle"
+    subject: str = Field(default="", max_length=SUBJECT_MAX)
+    """``host``: the new room's subject (default: "<name>'s room")."""
+    room_id: str = ""
+    """``join``: the room to join; empty joins the first open room (oldest first)."""
+    auto_accept_when_hand_raised: bool = True
+    """Accept an invitation at once when it arrives while our hand is raised."""
+
+    @field_validator("room_id")
+    @classmethod
+    def _valid_room_id(cls, value: str) -> str:
+        if value and ROOM_ID_RE.fullmatch(value) is None:
+            raise ValueError("must be empty or 1-32 characters of A-Z a-z 0-9 _ -")
+        return value
+
+
+class GpioSettings(Section):
+    """BCM pin numbers (DEVICE.md defaults), debounce and hold time."""
+
+    button_raise_hand: int = Field(default=17, ge=0, le=BCM_MAX)
+    button_mute: int = Field(default=27, ge=0, le=BCM_MAX)
+    button_accept: int = Field(default=22, ge=0, le=BCM_MAX)
+    led_status: int = Field(default=5, ge=0, le=BCM_MAX)
+    led_hand: int = Field(default=6, ge=0, le=BCM_MAX)
+    led_invite: int = Field(default=13, ge=0, le=BCM_MAX)
+    led_mic: int = Field(default=19, ge=0, le=BCM_MAX)
+    debounce_ms: int = Field(default=30, ge=0, le=500)
+    long_press_ms: int = Field(default=1500, ge=100, le=10_000)
+
+    def pins(self) -> dict[str, int]:
+        """Every pin by key name."""
+        return {k: v for k, v in self.model_dump().items() if k.startswith(("button_", "led_"))}
+
+
+class AudioSettings(Section):
+    """Voice (used by the audio module; see :mod:`appliance.device.audio_port`)."""
+
+    input_device: str = Field(default="default", min_length=1)
+    """ALSA capture device name (``arecord -L``)."""
+    output_device: str = Field(default="default", min_length=1)
+    """ALSA playback device name (``aplay -L``)."""
+    profile: Literal["default", "low-cpu"] = "default"
+    """``default``: 48 kHz, 20 ms packets; ``low-cpu``: 16 kHz, 40 ms packets."""
+    bitrate: int = Field(default=24_000, ge=6_000, le=128_000)
+    """Opus target bitrate, bits per second."""
+    jitter_min_ms: int = Field(default=40, ge=0, le=1_000)
+    jitter_max_ms: int = Field(default=200, ge=20, le=2_000)
+    mock_input: Path | None = None
+    """With ``--mock-hw``: a WAV file to use as the microphone (None: silence)."""
+    mock_output: Path | None = None
+    """With ``--mock-hw``: a WAV file to record the speaker into (None: discard)."""
+
+    @model_validator(mode="after")
+    def _jitter_bounds(self) -> Self:
+        if self.jitter_min_ms > self.jitter_max_ms:
+            raise _error(("jitter_min_ms",), self.jitter_min_ms, "must not exceed jitter_max_ms")
+        return self
+
+
+class CoapSettings(Section):
+    """The local API: UDP address and port (DEVICE.md: 127.0.0.1:5683)."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=5683, ge=1, le=65535)
+
+    @field_validator("bind")
+    @classmethod
+    def _ip_literal(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IPv4 or IPv6 address, e.g. 127.0.0.1") from None
+        return value
+
+
+def _device_default() -> Any:
+    # An empty section, validated like a given one: a missing [device] then reports
+    # "device.user_id: Field required" rather than "device: Field required".
+    return {}
+
+
+class ApplianceSettings(FileSettings):
+    """Everything ``gochat-appliance run`` reads."""
+
+    device: DeviceSettings = Field(default_factory=_device_default, validate_default=True)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    room: RoomSettings = Field(default_factory=RoomSettings)
+    gpio: GpioSettings = Field(default_factory=GpioSettings)
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    coap: CoapSettings = Field(default_factory=CoapSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        username = self.broker.username
+        if username and username != self.device.user_id:
+            raise _error(
+                ("broker", "username"),
+                username,
+                f"must be empty or equal device.user_id ({self.device.user_id!r}):"
+                " the broker username, MQTT client id and user id are one",
+            )
+        _check_distinct_pins(self.gpio)
+        if self.gpio.long_press_ms <= self.gpio.debounce_ms:
+            raise _error(
+                ("gpio", "long_press_ms"), self.gpio.long_press_ms, "must exceed gpio.debounce_ms"
+            )
+        return self
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> Self:
+        """Read and validate ``path`` under the environment (see :meth:`FileSettings.load`),
+        and make sure the password file can be read (the daemon runs as its own user)."""
+        settings = super().load(path)
+        password_file = settings.broker.password_file
+        if password_file is not None:
+            try:
+                settings.broker.password()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(
+                    "invalid config: broker.password_file (env GOCHAT_BROKER__PASSWORD_FILE):"
+                    f" cannot read {password_file}: {reason}"
+                ) from None
+        return settings
+
+    @property
+    def username(self) -> str:
+        """The broker username: the user id."""
+        return self.device.user_id
+
+    @property
+    def subject(self) -> str:
+        """The subject of the room this device hosts in ``host`` mode."""
+        return self.room.subject or f"{self.device.display_name}'s room"[:SUBJECT_MAX]
+
+
+def _check_distinct_pins(gpio: GpioSettings) -> None:
+    seen: dict[int, str] = {}
+    for key, pin in gpio.pins().items():
+        if pin in seen:
+            raise _error(("gpio", key), pin, f"BCM pin {pin} is already gpio.{seen[pin]}")
+        seen[pin] = key
+
+
+def _error(loc: tuple[str, ...], value: object, message: str) -> ValidationError:
+    """A validation error at ``loc`` (so the one-line report names the right key)."""
+    detail = InitErrorDetails(type=PydanticCustomError("invalid", message), loc=loc, input=value)
+    return ValidationError.from_exception_data("ApplianceSettings", [detail])
+
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ApplianceSettings",
+    "AudioSettings",
+    "CoapSettings",
+    "DeviceSettings",
+    "GpioSettings",
+    "RoomSettings",
+]
