@@ -1,5 +1,5 @@
 # GoChat Appliance. On a fresh Debian / Raspberry Pi OS machine:
-#   make run    start a broker and the business server on this machine
+#   make run    a broker, the business server and three mock appliances, with a console
 #   make test   lint, type-check and run the whole test suite
 # Both install what they need first (apt packages, then .venv), and do nothing
 # more on later runs unless pyproject.toml changed.
@@ -16,14 +16,16 @@ STAMP := $(VENV)/.installed
 
 # Run-time and build dependencies from the OS: the broker and its clients, Opus,
 # PortAudio headers (PyAudio builds from source against them), a speech synthesiser
-# and sox for test audio, ALSA utilities, and what building a wheel needs.
+# and sox for test audio, ALSA utilities, and what building a wheel needs; systemd
+# (for `systemd-analyze verify` of the units) and shellcheck for the tests.
 APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
-	alsa-utils python3-venv python3-dev build-essential
+	alsa-utils python3-venv python3-dev build-essential systemd shellcheck
 
-.PHONY: help venv system-packages test lint run clean distclean
+.PHONY: help venv system-packages test lint run install clean distclean
 
 help:
-	@echo "make run        broker + business server on this machine (Ctrl-C stops)"
+	@echo "make run        broker, server and three mock appliances with a console (q stops)"
+	@echo "make install    install the appliance on this Pi under systemd (as root)"
 	@echo "make test       ruff, mypy, then pytest"
 	@echo "make lint       ruff and mypy only"
 	@echo "make venv       install apt packages and .venv (done by run/test)"
@@ -66,6 +68,11 @@ test: lint
 
 run: venv
 	scripts/run-dev
+
+# The Pi itself: user, /opt/gochat/venv, /etc/gochat, systemd units. Options, e.g.
+#   make install INSTALL_ARGS="--device pi-kitchen --broker broker.lan"
+install:
+	scripts/install-pi $(INSTALL_ARGS)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev
