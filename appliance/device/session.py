@@ -65,7 +65,7 @@ from appliance.device.events import (
     ResponseReceived,
     RoomStateReceived,
 )
-from appliance.mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S, make_client, publish_properties
+from appliance.mqtt import backoff_delay, make_client, publish_properties
 from appliance.protocol import topics
 from appliance.protocol.models import Request, Response, RoomState, parse_inbox
 from appliance.settings import BrokerSettings
@@ -81,23 +81,6 @@ SELECT_TIMEOUT_S = 1.0
 CORRELATION_PREFIX_BYTES = 8
 TAG_BYTES = 8
 AUDIO_FILTER = f"{topics.ROOT}/room/+/audio/+"
-
-
-def backoff_delay(
-    failures: int,
-    rng: Callable[[], float] = random.random,
-    *,
-    first_s: float = RECONNECT_MIN_S,
-    cap_s: float = RECONNECT_MAX_S,
-) -> float:
-    """Seconds to wait before the next connection attempt ("equal jitter").
-
-    The base doubles from ``first_s`` with each attempt that failed in a row, up to
-    ``cap_s``; the wait is uniform in ``[base/2, base]``, so a fleet that lost the
-    broker together spreads out when it comes back, and no wait is ever near zero.
-    """
-    base = min(cap_s, first_s * 2.0 ** min(failures, 32))
-    return base / 2 + rng() * base / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,4 +549,4 @@ def _topic_level(value: str) -> bool:
     return bool(value) and not any(c in value for c in "/+#\0")
 
 
-__all__ = ["FrameSink", "MqttSession", "backoff_delay"]
+__all__ = ["FrameSink", "MqttSession"]

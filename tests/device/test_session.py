@@ -30,8 +30,8 @@ from appliance.device.events import (
     ResponseReceived,
     RoomStateReceived,
 )
-from appliance.device.session import MqttSession, backoff_delay
-from appliance.mqtt import publish_properties
+from appliance.device.session import MqttSession
+from appliance.mqtt import backoff_delay, publish_properties
 from appliance.protocol import topics
 from appliance.protocol.models import InviteExpired, SetUserInfoRequest, dump
 from appliance.settings import BrokerSettings
