@@ -48,14 +48,8 @@ class DeviceInfo:
         return channels > 0
 
 
-def load_pyaudio(mock_hw: bool) -> PyAudioModule:
-    """The real ``pyaudio`` module, or with ``mock_hw`` the stand-in configured by
-    ``GOCHAT_AUDIO__MOCK_*``. Raises ImportError if PyAudio is not installed."""
-    if mock_hw:
-        from hw_mocks.audio import mock_pyaudio_from_env  # noqa: PLC0415 - test-only import
-
-        module: PyAudioModule = mock_pyaudio_from_env()
-        return module
+def load_pyaudio() -> PyAudioModule:
+    """The ``pyaudio`` module (ImportError if PyAudio is not installed)."""
     real: PyAudioModule = importlib.import_module("pyaudio")
     return real
 

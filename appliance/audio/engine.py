@@ -29,11 +29,11 @@ from appliance.audio.profile import (
     ProfileName,
 )
 from appliance.audio.receiver import PERIOD_SAMPLES, Receiver
-from appliance.audio.sender import PublishFrame, Sender
+from appliance.audio.sender import Sender
+from appliance.device.audio_port import AudioHooks
 
 log = logging.getLogger("gochat.audio")
 
-DeviceReport = Callable[[str | None], None]  # None: all well; str: what is wrong
 SUPERVISE_S = 0.05
 REOPEN_MIN_S = 0.5
 REOPEN_MAX_S = 10.0
@@ -110,18 +110,17 @@ class AudioEngine:
         self,
         config: AudioConfig,
         pyaudio: PyAudioModule,
-        publish: PublishFrame,
-        report: DeviceReport,
+        hooks: AudioHooks,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.profile: Profile = PROFILES[config.profile]
         self._pa_module = pyaudio
         self._pa: Any = None
-        self._report = report
+        self._hooks = hooks
         self._clock = clock
         self.sender = Sender(
-            self.profile, publish, bitrate=config.bitrate, dtx=config.dtx, clock=clock
+            self.profile, hooks.publish, bitrate=config.bitrate, dtx=config.dtx, clock=clock
         )
         self.receiver = Receiver(
             JitterConfig(
@@ -159,13 +158,14 @@ class AudioEngine:
         self._publish_to = None
         self._wake.set()
 
-    def set_heard(self, room_id: str | None, user_ids: frozenset[str]) -> None:
-        """Play exactly these users' streams in ``room_id``."""
-        self.receiver.set_heard(room_id, user_ids)
+    def set_heard(self, user_ids: frozenset[str]) -> None:
+        """Play exactly these users' streams (seated, mic on, not us)."""
+        self.receiver.set_heard(user_ids)
 
     def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
-        """A frame arrived (MQTT network thread)."""
-        self.receiver.on_frame(room_id, user_id, payload, arrival)
+        """A frame of the current room arrived (MQTT network thread)."""
+        del room_id  # the session only subscribes to the room we are in
+        self.receiver.on_frame(user_id, payload, arrival)
 
     def stats(self) -> AudioStats:
         """Counters for ``/status``."""
@@ -183,7 +183,7 @@ class AudioEngine:
         self._running = False
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(1.0)
+            self._thread.join(0.5)
         self._capture.close()
         self._playback.close()
         if self._pa is not None:
@@ -297,7 +297,11 @@ class AudioEngine:
         problem = self._playback.error or self._capture.error
         if problem != self._reported:
             self._reported = problem
-            self._report(problem)
+            if problem is None:
+                log.info("audio devices working again")
+                self._hooks.device_restored()
+            else:
+                self._hooks.device_lost(problem)
 
     # ------------------------------------------------------------ PortAudio threads
 

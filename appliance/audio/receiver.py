@@ -37,7 +37,8 @@ class ReceiveStats:
 
 
 class Receiver:
-    """Plays every heard speaker of the current room, mixed; drops and counts the rest."""
+    """Plays every heard speaker of the current room, mixed; drops and counts the rest
+    (a listener who publishes anyway is never played)."""
 
     def __init__(
         self,
@@ -49,16 +50,15 @@ class Receiver:
         self._mixer = Mixer(PERIOD_SAMPLES)
         self._streams: dict[str, JitterBuffer] = {}
         self._lock = threading.Lock()  # writers only
-        self._room: str | None = None
         self._heard: frozenset[str] = frozenset()
         self._retired = _Totals()
         self.dropped_unheard = 0
         self.dropped_malformed = 0
 
-    def set_heard(self, room_id: str | None, user_ids: frozenset[str]) -> None:
-        """Whose streams to play: ``user_ids`` in ``room_id`` (seated, mic on, not us)."""
+    def set_heard(self, user_ids: frozenset[str]) -> None:
+        """Whose streams to play: the room's seated members with the mic on, not us."""
         with self._lock:
-            self._room, self._heard = room_id, user_ids
+            self._heard = user_ids
             keep = {u: b for u, b in self._streams.items() if u in user_ids}
             gone = [b for u, b in self._streams.items() if u not in user_ids]
             self._streams = keep
@@ -66,9 +66,9 @@ class Receiver:
             self._retired.add(buffer.stats())
             buffer.close()
 
-    def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
-        """A frame from the network (network thread)."""
-        if room_id != self._room or user_id not in self._heard:
+    def on_frame(self, user_id: str, payload: bytes, arrival: float) -> None:
+        """A frame of the current room from the network (network thread)."""
+        if user_id not in self._heard:
             self.dropped_unheard += 1
             return
         try:
@@ -115,7 +115,7 @@ class Receiver:
 
     def close(self) -> None:
         """Free every stream's decoder."""
-        self.set_heard(None, frozenset())
+        self.set_heard(frozenset())
 
 
 @dataclass(slots=True)

@@ -93,9 +93,7 @@ class Sender:
             self.dtx_skipped += 1
             self._ts += self._step
             return True
-        frame = AudioFrame(
-            self._seq, self._ts, packet, fec=opus.packet_has_fec(packet), end=ending
-        )
+        frame = AudioFrame(self._seq, self._ts, packet, fec=opus.packet_has_fec(packet), end=ending)
         self._publish(room, frame.pack())
         self.frames_sent += 1
         self._seq = (self._seq + 1) & 0xFFFF

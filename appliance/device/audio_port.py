@@ -139,12 +139,14 @@ def null_audio(settings: AudioSettings, hooks: AudioHooks, *, mock_hw: bool) -> 
 
 
 def load_audio_factory() -> AudioPortFactory:
-    """The audio engine the daemon runs with: the one place to plug the real one in.
+    """The audio engine the daemon runs with (:mod:`appliance.audio`).
 
-    Import it lazily here (not at module level) so that ``gochat-appliance --help``
-    and start-up stay fast.
+    Imported here, not at module level, so that ``gochat-appliance --help`` and the
+    pure core stay free of numpy and libopus.
     """
-    return null_audio
+    from appliance.audio.port import engine_factory  # noqa: PLC0415 - see docstring
+
+    return engine_factory
 
 
 __all__ = [

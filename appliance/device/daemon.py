@@ -216,18 +216,18 @@ class Daemon:
         except Exception as exc:
             log.error("GPIO unavailable: %s (off a Pi, run with --mock-hw)", exc)
             return EX_UNAVAILABLE
-        hooks = AudioHooks(
-            publish=self._publish_audio,
-            device_lost=lambda reason: self._post(AudioDeviceLost(reason)),
-            device_restored=lambda: self._post(AudioDeviceRestored()),
-        )
-        self.audio = self._audio_factory(settings.audio, hooks, mock_hw=self.mock_hw)
         self.coap = CoapApi(self, settings.coap.bind, settings.coap.port)
         try:
             await self.coap.start()
         except CoapBindError as exc:
             log.error("%s", exc)
             return EX_UNAVAILABLE
+        hooks = AudioHooks(
+            publish=self._publish_audio,
+            device_lost=lambda reason: self._post(AudioDeviceLost(reason)),
+            device_restored=lambda: self._post(AudioDeviceRestored()),
+        )
+        self.audio = self._audio_factory(settings.audio, hooks, mock_hw=self.mock_hw)
         self.session = MqttSession(
             settings.broker,
             settings.username,

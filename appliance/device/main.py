@@ -20,7 +20,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from appliance.device.settings import AudioSettings
 
 STARTED_AT = time.monotonic()
 EX_CONFIG = 78
@@ -62,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-in-room", action="store_true", help="first wait until it is online in a room"
     )
     status.add_argument("--timeout", type=float, default=15.0, help="seconds (default: 15)")
+    devices = sub.add_parser("audio-devices", help="list the ALSA devices PortAudio sees")
+    devices.add_argument("--mock-hw", action="store_true", help="list the stand-in devices")
+    test = sub.add_parser(
+        "test-audio", help="play a tone, then record a few seconds: check speaker and mic"
+    )
+    test.add_argument("--config", type=Path, default=None, help="take the devices from here")
+    test.add_argument("--mock-hw", action="store_true", help="use the stand-in devices")
+    test.add_argument("--seconds", type=float, default=3.0, help="recording length")
+    test.add_argument("--wav", type=Path, default=None, help="keep the recording here")
     return parser
 
 
@@ -71,21 +83,78 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "status":
-        from appliance.device.console import status_command  # noqa: PLC0415  # lazy: fast start
+        from appliance.device.console import status_command
 
         return status_command(
             args.host, args.port, wait_in_room=args.wait_in_room, timeout_s=args.timeout
         )
     if args.command == "console":
-        from appliance.device.console import run_console  # noqa: PLC0415  # lazy: fast start
+        from appliance.device.console import run_console
 
         return run_console(args.host, args.ports)
+    if args.command in ("audio-devices", "test-audio"):
+        return _audio_command(args)
     return _run(args.config, mock_hw=args.mock_hw, verbose=args.verbose)
 
 
+def _audio_command(args: argparse.Namespace) -> int:
+    from appliance.audio import check
+    from appliance.audio.port import pyaudio_module
+    from appliance.device.settings import DEFAULT_CONFIG_PATH, ApplianceSettings
+    from appliance.settings import ConfigError
+
+    config = args.config if args.command == "test-audio" else None
+    if config is None and DEFAULT_CONFIG_PATH.exists():
+        config = DEFAULT_CONFIG_PATH
+    try:
+        audio = ApplianceSettings.load(config).audio if config else _audio_from_env()
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        module = pyaudio_module(audio, args.mock_hw)
+    except ImportError:
+        print(f"{PROG}: PyAudio is not installed", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
+    if args.command == "audio-devices":
+        print(check.device_table(module))
+        return 0
+    try:
+        print(f"playing a 440 Hz tone on {audio.output_device!r} ...")
+        check.play_tone(module, audio.output_device)
+        print(f"recording {args.seconds:g} s from {audio.input_device!r} ...")
+        heard = check.record(module, audio.input_device, args.seconds, args.wav)
+    except (OSError, LookupError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 69
+    print(f"level {heard.level_dbfs:.1f} dBFS, dominant frequency {heard.dominant_hz:.0f} Hz")
+    if heard.level_dbfs < -60:
+        print("the microphone heard (almost) nothing: is it connected and unmuted (alsamixer)?")
+    return 0
+
+
+def _audio_from_env() -> AudioSettings:
+    """The ``audio`` section from ``GOCHAT_AUDIO__*`` alone (no config file at hand)."""
+    from pydantic import ValidationError
+
+    from appliance.device.settings import AudioSettings
+    from appliance.settings import ConfigError
+
+    prefix = "GOCHAT_AUDIO__"
+    values = {
+        k.removeprefix(prefix).lower(): v for k, v in os.environ.items() if k.startswith(prefix)
+    }
+    try:
+        return AudioSettings.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"invalid {prefix}{key.upper()}: {err['msg']}") from None
+
+
 def _check_config(path: Path) -> int:
-    from appliance.device.settings import ApplianceSettings  # noqa: PLC0415  # lazy: fast start
-    from appliance.settings import ConfigError  # noqa: PLC0415  # lazy: fast start
+    from appliance.device.settings import ApplianceSettings
+    from appliance.settings import ConfigError
 
     try:
         ApplianceSettings.load(path)
@@ -97,8 +166,8 @@ def _check_config(path: Path) -> int:
 
 
 def _run(path: Path | None, *, mock_hw: bool, verbose: bool) -> int:
-    from appliance.device.settings import DEFAULT_CONFIG_PATH, ApplianceSettings  # noqa: PLC0415  # lazy: fast start
-    from appliance.settings import ConfigError  # noqa: PLC0415  # lazy: fast start
+    from appliance.device.settings import DEFAULT_CONFIG_PATH, ApplianceSettings
+    from appliance.settings import ConfigError
 
     try:
         settings = ApplianceSettings.load(path if path is not None else DEFAULT_CONFIG_PATH)
@@ -106,10 +175,10 @@ def _run(path: Path | None, *, mock_hw: bool, verbose: bool) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG
     _configure_logging(verbose)
-    import asyncio  # noqa: PLC0415  # lazy: fast start
+    import asyncio
 
-    from appliance.device.audio_port import load_audio_factory  # noqa: PLC0415  # lazy: fast start
-    from appliance.device.daemon import Daemon  # noqa: PLC0415  # lazy: fast start
+    from appliance.device.audio_port import load_audio_factory
+    from appliance.device.daemon import Daemon
 
     daemon = Daemon(
         settings, mock_hw=mock_hw, audio_factory=load_audio_factory(), started_at=STARTED_AT

@@ -13,6 +13,7 @@ the user id) but must not name anyone else.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -26,6 +27,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/gochat/appliance.toml")
 NAME_MAX = 32
 SUBJECT_MAX = 64
 BCM_MAX = 27
+MOCK_TONE_RE = re.compile(r"tone:\d+(\.\d+)?(:(0(\.\d+)?|1(\.0+)?))?")
 
 
 class DeviceSettings(Section):
@@ -89,27 +91,50 @@ class GpioSettings(Section):
 
 
 class AudioSettings(Section):
-    """Voice (used by the audio module; see :mod:`appliance.device.audio_port`)."""
+    """Voice: ALSA devices, the encoder profile and the jitter buffer's bounds."""
 
     input_device: str = Field(default="default", min_length=1)
-    """ALSA capture device name (``arecord -L``)."""
+    """ALSA capture device name (``gochat-appliance audio-devices`` lists them)."""
     output_device: str = Field(default="default", min_length=1)
-    """ALSA playback device name (``aplay -L``)."""
+    """ALSA playback device name."""
     profile: Literal["default", "low-cpu"] = "default"
-    """``default``: 48 kHz, 20 ms packets; ``low-cpu``: 16 kHz, 40 ms packets."""
-    bitrate: int = Field(default=24_000, ge=6_000, le=128_000)
-    """Opus target bitrate, bits per second."""
-    jitter_min_ms: int = Field(default=40, ge=0, le=1_000)
-    jitter_max_ms: int = Field(default=200, ge=20, le=2_000)
-    mock_input: Path | None = None
-    """With ``--mock-hw``: a WAV file to use as the microphone (None: silence)."""
+    """``default``: 48 kHz, 20 ms packets; ``low-cpu``: 16 kHz, 40 ms, low complexity."""
+    bitrate: int | None = Field(default=None, ge=6_000, le=128_000)
+    """Opus bitrate, bits per second (default: 24000, or 16000 for ``low-cpu``)."""
+    dtx: bool = True
+    """Send nothing during silence (receivers play it as silence, not as loss)."""
+    jitter_min_packets: int = Field(default=1, ge=1, le=10)
+    jitter_max_packets: int = Field(default=3, ge=1, le=10)
+    """The jitter buffer's target depth adapts between these (in packets)."""
+    jitter_cap_ms: int = Field(default=200, ge=60, le=1_000)
+    """Hard cap on buffered audio per speaker; older packets are dropped beyond it."""
+    mock_input: str = "silence"
+    """With ``--mock-hw``: what the microphone hears: ``silence``, ``tone:440``, a WAV
+    file (played once) or ``loop:FILE.wav``."""
     mock_output: Path | None = None
-    """With ``--mock-hw``: a WAV file to record the speaker into (None: discard)."""
+    """With ``--mock-hw``: a WAV file recording what the speaker plays (None: discard)."""
+    mock_unplug_file: Path | None = None
+    """With ``--mock-hw``: while this file exists the sound card is unplugged."""
+
+    @field_validator("mock_input")
+    @classmethod
+    def _valid_mock_input(cls, value: str) -> str:
+        if value == "silence" or MOCK_TONE_RE.fullmatch(value):
+            return value
+        path = Path(value.removeprefix("loop:"))
+        if path.suffix.lower() != ".wav":
+            raise ValueError("must be silence, tone:HZ[:AMPLITUDE], FILE.wav or loop:FILE.wav")
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return value
 
     @model_validator(mode="after")
     def _jitter_bounds(self) -> Self:
-        if self.jitter_min_ms > self.jitter_max_ms:
-            raise _error(("jitter_min_ms",), self.jitter_min_ms, "must not exceed jitter_max_ms")
+        if self.jitter_min_packets > self.jitter_max_packets:
+            raise _error(
+                ("jitter_min_packets",), self.jitter_min_packets,
+                "must not exceed jitter_max_packets",
+            )  # fmt: skip
         return self
 
 

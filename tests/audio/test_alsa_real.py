@@ -22,6 +22,7 @@ import pytest
 from appliance.audio import check, tone
 from appliance.audio.engine import AudioConfig, AudioEngine
 from appliance.audio.opus import Decoder
+from appliance.device.audio_port import AudioHooks
 from appliance.protocol import frames
 
 pytestmark = pytest.mark.alsa
@@ -157,7 +158,8 @@ def test_the_engine_captures_and_publishes_through_real_alsa(
             got_enough.set()
 
     config = AudioConfig(input_device="gochat_test_in", output_device="gochat_test_out")
-    engine = AudioEngine(config, pyaudio, publish, lambda _problem: None)  # type: ignore[arg-type]
+    hooks = AudioHooks(publish, lambda _problem: None, lambda: None)
+    engine = AudioEngine(config, pyaudio, hooks)  # type: ignore[arg-type]
     engine.start()
     try:
         engine.start_publishing("r", "me")

@@ -13,6 +13,7 @@ import pytest
 
 from appliance.audio.engine import AudioConfig, AudioEngine
 from appliance.audio.tone import dominant_frequency, rms
+from appliance.device.audio_port import AudioHooks
 from appliance.protocol import frames
 from hw_mocks.audio import mock_pyaudio, read_wav_mono
 
@@ -33,12 +34,18 @@ class Wire:
 
 
 class Reports:
+    """What the engine told the daemon about its devices (None: working again)."""
+
     def __init__(self) -> None:
         self.seen: list[str | None] = []
         self.changed = threading.Event()
 
-    def __call__(self, problem: str | None) -> None:
+    def lost(self, problem: str) -> None:
         self.seen.append(problem)
+        self.changed.set()
+
+    def restored(self) -> None:
+        self.seen.append(None)
         self.changed.set()
 
 
@@ -48,7 +55,8 @@ def engine(
     out = tmp_path / f"{name}.wav"
     reports = Reports()
     module = mock_pyaudio(spec, out, tmp_path / f"{name}.unplug")
-    eng = AudioEngine(AudioConfig(**config), module, wire.publish, reports)  # type: ignore[arg-type]
+    hooks = AudioHooks(wire.publish, reports.lost, reports.restored)
+    eng = AudioEngine(AudioConfig(**config), module, hooks)  # type: ignore[arg-type]
     eng.start()
     return eng, reports, out
 
@@ -67,7 +75,7 @@ def test_a_tone_is_heard_and_a_mute_ends_the_spurt(tmp_path: Path, profile: str)
     bob, _, bob_out = engine(tmp_path, "bob", wire)
     wire.to = bob
     try:
-        bob.set_heard(ROOM, frozenset({"alice"}))
+        bob.set_heard(frozenset({"alice"}))
         alice.start_publishing(ROOM, "alice")
         wait_for(lambda: bob.stats().frames_received >= 25)
         alice.stop_publishing()
@@ -94,7 +102,7 @@ def test_unheard_streams_are_dropped_and_counted(tmp_path: Path) -> None:
     bob, _, bob_out = engine(tmp_path, "bob", wire)
     wire.to = bob
     try:
-        bob.set_heard(ROOM, frozenset())  # alice is a listener publishing anyway
+        bob.set_heard(frozenset())  # alice is a listener publishing anyway
         alice.start_publishing(ROOM, "alice")
         wait_for(lambda: len(wire.sent) >= 20)
         bob.on_frame(ROOM, "alice", b"\x09garbage", time.monotonic())
