@@ -43,7 +43,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, assert_never
 
-from appliance.device.audio_port import AudioHooks, AudioPort, AudioPortFactory, null_audio
+from appliance.device.audio_port import (
+    AudioHooks,
+    AudioPort,
+    AudioPortFactory,
+    load_audio_factory,
+)
 from appliance.device.coap import CALL_TIMEOUT_S, CoapApi, CoapBindError
 from appliance.device.effects import (
     ApiReply,
@@ -98,6 +103,8 @@ FIRST_ROOM_POLL_S = 1.0
 MAX_ROOM_POLL_S = 10.0
 MOCK_TRIM_S = 30.0
 """With ``--mock-hw``: how often the mock LED pins' histories are trimmed."""
+AUDIO_REPORT_S = 1.0
+"""How often moving audio counters refresh ``/status`` (and notify its observers)."""
 
 
 def machine_config(settings: ApplianceSettings) -> MachineConfig:
@@ -138,7 +145,7 @@ class Daemon:
         *,
         mock_hw: bool = False,
         pin_factory: Any = None,
-        audio_factory: AudioPortFactory = null_audio,
+        audio_factory: AudioPortFactory | None = None,
         install_signals: bool = True,
         started_at: float | None = None,
     ) -> None:
@@ -161,7 +168,7 @@ class Daemon:
         """Set when :meth:`run` has finished shutting down."""
         self.status_snapshot: dict[str, Any] = self.machine.status()
         """The latest ``/status`` payload, replaced after every step (thread-safe read)."""
-        self._audio_factory = audio_factory
+        self._audio_factory = audio_factory or load_audio_factory()
         self._install_signals = install_signals
         self._started_at = time.monotonic() if started_at is None else started_at
         self._tickets: dict[int, asyncio.Future[ApiReply]] = {}
@@ -240,6 +247,7 @@ class Daemon:
         self.session.start()
         self._tasks.append(loop.create_task(self._start_room(), name="start-room"))
         self._tasks.append(loop.create_task(self._watchdog(), name="watchdog"))
+        self._tasks.append(loop.create_task(self._audio_counters(), name="audio-counters"))
         if self.mock_hw:
             self._tasks.append(loop.create_task(self._trim_mock_pins(), name="trim-pins"))
         return 0
@@ -521,6 +529,19 @@ class Daemon:
                 # systemd restarts us: a daemon without its network thread is deaf.
                 log.error("the MQTT network thread is gone; withholding WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    async def _audio_counters(self) -> None:
+        """Refresh ``/status`` once a second while audio counters move, so Observe
+        clients see them too (per frame would be 50 notifications a second)."""
+        while True:
+            await asyncio.sleep(AUDIO_REPORT_S)
+            if self.audio is None:
+                continue
+            status = self.machine.status(self.audio.stats())
+            if status["audio"] != self.status_snapshot.get("audio"):
+                self.status_snapshot = status
+                if self.coap is not None:
+                    self.coap.status_changed()
 
     async def _trim_mock_pins(self) -> None:
         from hw_mocks.gpio import trim_history  # noqa: PLC0415  # see __init__

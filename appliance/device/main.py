@@ -177,12 +177,9 @@ def _run(path: Path | None, *, mock_hw: bool, verbose: bool) -> int:
     _configure_logging(verbose)
     import asyncio
 
-    from appliance.device.audio_port import load_audio_factory
     from appliance.device.daemon import Daemon
 
-    daemon = Daemon(
-        settings, mock_hw=mock_hw, audio_factory=load_audio_factory(), started_at=STARTED_AT
-    )
+    daemon = Daemon(settings, mock_hw=mock_hw, started_at=STARTED_AT)
     return asyncio.run(daemon.run())
 
 
