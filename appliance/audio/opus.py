@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -115,13 +115,47 @@ def _check(result: int, during: str) -> int:
     return result
 
 
-class Encoder:
+class _Native:
+    """Owns one native libopus state: freed by :meth:`close` (or when collected)."""
+
+    _kind = "state"
+
+    def __init__(self) -> None:
+        self._st: int | None = None  # first, so __del__ works whatever fails later
+
+    def _destroy(self, st: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the native state; further calls raise :class:`ValueError`."""
+        st, self._st = self._st, None
+        if st:
+            self._destroy(st)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _state(self) -> int:
+        if not self._st:
+            raise ValueError(f"{self._kind} is closed")
+        return self._st
+
+
+class Encoder(_Native):
     """A mono Opus encoder for voice (VoIP mode, in-band FEC on by default).
 
     ``encode`` takes exactly one frame of int16 PCM at ``sample_rate`` and returns the
     packet. The PCM is read in place through its pointer; the packet is written into a
     preallocated buffer and only its used bytes are copied out.
     """
+
+    _kind = "encoder"
 
     def __init__(
         self,
@@ -137,7 +171,7 @@ class Encoder:
         application: int = OPUS_APPLICATION_VOIP,
         signal: int = OPUS_SIGNAL_VOICE,
     ) -> None:
-        self._st: int | None = None  # first, so __del__ works whatever fails below
+        super().__init__()
         if sample_rate not in SAMPLE_RATES:
             raise ValueError(f"sample_rate must be one of {SAMPLE_RATES}, not {sample_rate}")
         if channels != 1:
@@ -197,25 +231,8 @@ class Encoder:
         """Tell the encoder the loss it should protect against with FEC (0..100)."""
         self._ctl(_SET_PACKET_LOSS_PERC, percent)
 
-    def close(self) -> None:
-        """Free the native encoder; further calls raise :class:`ValueError`."""
-        st, self._st = self._st, None
-        if st:
-            _lib.encoder_destroy(st)
-
-    def __enter__(self) -> Encoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-    def _state(self) -> int:
-        if not self._st:
-            raise ValueError("encoder is closed")
-        return self._st
+    def _destroy(self, st: int) -> None:
+        _lib.encoder_destroy(st)
 
     def _ctl(self, request: int, value: int) -> None:
         _check(_lib.encoder_ctl_int(self._state(), request, value), f"encoder ctl {request}")
@@ -229,15 +246,17 @@ class Encoder:
         return int(value.value)
 
 
-class Decoder:
+class Decoder(_Native):
     """A mono Opus decoder: normal decode, in-band FEC recovery and PLC.
 
     Every method returns an int16 **view of the decoder's own buffer**: the next call
     overwrites it, so copy (or mix) the samples before decoding again.
     """
 
+    _kind = "decoder"
+
     def __init__(self, sample_rate: int = 48_000, channels: int = 1) -> None:
-        self._st: int | None = None  # first, so __del__ works whatever fails below
+        super().__init__()
         if sample_rate not in SAMPLE_RATES:
             raise ValueError(f"sample_rate must be one of {SAMPLE_RATES}, not {sample_rate}")
         if channels != 1:
@@ -279,25 +298,8 @@ class Decoder:
         """Forget the stream history (a new talker or a restarted stream)."""
         _check(_lib.decoder_ctl_none(self._state(), _RESET_STATE), "decoder reset")
 
-    def close(self) -> None:
-        """Free the native decoder; further calls raise :class:`ValueError`."""
-        st, self._st = self._st, None
-        if st:
-            _lib.decoder_destroy(st)
-
-    def __enter__(self) -> Decoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-    def _state(self) -> int:
-        if not self._st:
-            raise ValueError("decoder is closed")
-        return self._st
+    def _destroy(self, st: int) -> None:
+        _lib.decoder_destroy(st)
 
     def _check_size(self, samples: int) -> None:
         if samples <= 0 or samples > self.max_samples or samples % self._granule:
