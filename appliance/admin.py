@@ -1,4 +1,5 @@
-"""Broker credentials: ``gochat-admin add-device | add-server | remove-device``.
+"""Broker credentials: ``gochat-admin add-device | add-server | remove-device``
+(and ``broker-conf``, a private broker's configuration for development).
 
 Every GoChat client logs in to Mosquitto with its user id as username (PROTOCOL.md
 section 1). This module creates those accounts: it generates a strong random
@@ -43,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from appliance import brokerconf
 from appliance.protocol.topics import SERVER_USER_ID, is_user_id
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
@@ -316,6 +318,11 @@ def _parser() -> argparse.ArgumentParser:
     remove_device = sub.add_parser("remove-device", help="delete a device account")
     remove_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(remove_device)
+    conf = sub.add_parser(
+        "broker-conf", help="print the shipped mosquitto.conf for a private loopback broker"
+    )
+    conf.add_argument("--port", type=int, required=True, help="loopback port to listen on")
+    conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
     return parser
 
 
@@ -328,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EX_USAGE
+    if args.command == "broker-conf":
+        sys.stdout.write(brokerconf.private_conf(args.port, args.dir))
+        return 0
     passwd: Path = args.passwd_file
     secret_dir: Path = args.secret_dir
     try:

@@ -6,106 +6,34 @@ listener port, the file paths, the log destination and ``user`` substituted
 (:func:`render_conf`), and its ACL *is* the shipped ``config/mosquitto/acl``: the
 tests prove what is deployed. Accounts are made by :mod:`appliance.admin`, the same
 code as ``gochat-admin``.
-
-Also a script, used by ``scripts/run-dev``::
-
-    python tests/support/broker.py render-conf --port 1883 --dir var/dev/broker
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import getpass
-import re
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from appliance import admin
+from appliance.brokerconf import LOOPBACK, SHIPPED_ACL, SHIPPED_CONF, render_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CONF = REPO_ROOT / "config" / "mosquitto" / "mosquitto.conf"
-SHIPPED_ACL = REPO_ROOT / "config" / "mosquitto" / "acl"
-LOOPBACK = "127.0.0.1"
 
 # A throwaway account whose password changes with every reload: once the broker
 # accepts its newest password, it has read every change written before it.
 PROBE_USER = "zz-broker-probe"
 
-_LISTENER_RE = re.compile(r"^listener\s+(\d+)(?:\s+(\S+))?\s*$")
 
 
 class BrokerError(RuntimeError):
     """The broker would not start, stop or reload; the message has its log's tail."""
-
-
-def render_conf(
-    template: str,
-    *,
-    port: int,
-    passwd_file: Path,
-    acl_file: Path,
-    data_dir: Path | None,
-    log_file: Path | None,
-    run_as: str | None = None,
-) -> str:
-    """The shipped ``mosquitto.conf`` text, localised for a private broker.
-
-    Substitutes: the (single, loopback) listener's port; ``password_file``;
-    ``acl_file``; ``persistence_location`` (``data_dir``; None turns persistence
-    off); ``log_dest`` (``log_file``; None keeps the template's); ``user``
-    (``run_as``, default the current user, so that a root test run does not drop
-    to ``mosquitto`` and lose access to its temp files). ``pid_file`` is dropped.
-    Every other line, limits and listener options included, is kept verbatim.
-    Raises ValueError if the template has other than one plain listener.
-    """
-    run_as = run_as or getpass.getuser()
-    out: list[str] = [f"# rendered from {SHIPPED_CONF.name}: do not edit"]
-    listeners = 0
-    for raw in template.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key = line.split(None, 1)[0]
-        if key == "listener":
-            match = _LISTENER_RE.match(line)
-            listeners += 1
-            if match is None or listeners > 1:
-                raise ValueError(f"render_conf supports one plain listener, not: {line}")
-            out.append(f"listener {port} {LOOPBACK}")
-        elif key in ("certfile", "keyfile", "cafile", "capath"):
-            raise ValueError(f"render_conf does not support TLS listeners: {line}")
-        elif key == "pid_file":
-            continue
-        elif key == "user":
-            out.append(f"user {run_as}")
-        elif key == "password_file":
-            out.append(f"password_file {passwd_file}")
-        elif key == "acl_file":
-            out.append(f"acl_file {acl_file}")
-        elif key == "persistence":
-            out.append(f"persistence {'true' if data_dir is not None else 'false'}")
-        elif key == "persistence_location":
-            if data_dir is not None:
-                out.append(f"persistence_location {data_dir}")
-        elif key == "log_dest":
-            if log_file is None:
-                out.append(line)
-            elif not any(x.startswith("log_dest ") for x in out):
-                out.append(f"log_dest file {log_file}")
-        else:
-            out.append(line)
-    if listeners != 1:
-        raise ValueError("render_conf needs exactly one listener in the template")
-    return "\n".join(out) + "\n"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -399,31 +327,3 @@ def probe_login(host: str, port: int, username: str, password: str, timeout: flo
             return connack[3]
     except OSError:
         return -1
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="broker.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    render = sub.add_parser("render-conf", help="print a localised mosquitto.conf")
-    render.add_argument("--port", type=int, required=True)
-    render.add_argument("--dir", type=Path, required=True, help="passwd file and data dir")
-    render.add_argument("--acl", type=Path, default=SHIPPED_ACL)
-    render.add_argument("--log-file", type=Path, default=None, help="default: keep stderr")
-    args = parser.parse_args(argv)
-    workdir: Path = args.dir.resolve()
-    (workdir / "data").mkdir(parents=True, exist_ok=True)
-    sys.stdout.write(
-        render_conf(
-            SHIPPED_CONF.read_text(encoding="utf-8"),
-            port=args.port,
-            passwd_file=workdir / "passwd",
-            acl_file=args.acl.resolve(),
-            data_dir=workdir / "data",
-            log_file=args.log_file.resolve() if args.log_file else None,
-        )
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
