@@ -48,7 +48,7 @@ class AudioConfig:
     output_device: str = "default"
     profile: ProfileName = "default"
     bitrate: int | None = None
-    dtx: bool = True
+    dtx: bool = False
     jitter_min_packets: int = 1
     jitter_max_packets: int = 3
     jitter_cap_ms: int = 200

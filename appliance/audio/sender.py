@@ -32,7 +32,7 @@ class Sender:
         publish: PublishFrame,
         *,
         bitrate: int | None = None,
-        dtx: bool = True,
+        dtx: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.profile = profile
