@@ -9,6 +9,8 @@ import datetime as dt
 import os
 import platform
 import resource
+import socket
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -152,3 +154,24 @@ def machine_cpu_seconds() -> tuple[float, float]:
     ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
     idle = ticks[3] + ticks[4]
     return (sum(ticks) - idle) / _CLOCK_TICKS, sum(ticks) / _CLOCK_TICKS
+
+
+def drain_datagrams(sock: socket.socket) -> threading.Thread:
+    """Read and discard ``sock``'s datagrams on a thread until the socket is closed.
+
+    For the stand-in systemd notification socket of a daemon under test
+    (``tests.support.gochat.NotifySocket``): it is only read until ``READY=1``, and the
+    daemon's ``sd_notify`` (``STATUS=`` on every status change) is a *blocking* send on
+    its event loop, so once ``net.unix.max_dgram_qlen`` (10) datagrams are left unread
+    the daemon hangs. systemd always reads its socket; a benchmark must too.
+    """
+
+    def drain() -> None:
+        sock.settimeout(None)
+        with contextlib.suppress(OSError):
+            while True:
+                sock.recv(4096)
+
+    thread = threading.Thread(target=drain, name="notify-drain", daemon=True)
+    thread.start()
+    return thread

@@ -29,6 +29,11 @@ For ``--mock-hw``, :func:`mock_pyaudio_from_env` builds the whole thing from
 discarded) and ``GOCHAT_AUDIO__MOCK_UNPLUG_FILE`` (a path: while it exists the device is
 unplugged; if it contains ``input`` or ``output`` only that side is). It returns an
 object used like the ``pyaudio`` module: ``pa = module.PyAudio()``, ``module.paInt16``.
+
+For timing measurements (``benchmarks/mouth_to_ear.py``), ``HW_MOCKS_AUDIO_TRACE=PATH``
+(deliberately not a ``GOCHAT_`` variable: the daemon's settings refuse unknown keys)
+appends one line per callback block to ``PATH`` (:class:`CallbackTrace`). Unset, nothing
+changes.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ paCanNotWriteToAnInputOnlyStream: Final = -9974  # noqa: N816
 ENV_INPUT: Final = "GOCHAT_AUDIO__MOCK_INPUT"
 ENV_OUTPUT: Final = "GOCHAT_AUDIO__MOCK_OUTPUT"
 ENV_UNPLUG_FILE: Final = "GOCHAT_AUDIO__MOCK_UNPLUG_FILE"
+ENV_TRACE: Final = "HW_MOCKS_AUDIO_TRACE"
 
 _SAMPLE_BYTES: Final = 2
 _OVERRUN_S: Final = 0.5
@@ -238,6 +244,66 @@ def _wav_header(rate: int, data_bytes: int) -> bytes:
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- timing trace
+
+
+class CallbackTrace:
+    """A line per callback block, for measuring latency against ``CLOCK_MONOTONIC``.
+
+    Each line is ``DIRECTION DUE CALLED STREAM FIRST FRAMES RATE POSITION``:
+    ``in`` (the mic delivered a block) or ``out`` (the speaker took one); ``DUE`` the
+    stream schedule's time of the block (``t0 + k x period``: the end of a captured
+    block, the moment an output block is asked for) and ``CALLED`` when the callback
+    actually ran (``time.monotonic()`` seconds, shared by every process on the
+    machine); ``STREAM`` a serial number per stream start; ``FIRST`` the block's first
+    frame index since that start; ``FRAMES`` and ``RATE`` the block; ``POSITION`` the
+    frames this side of the sound card had handled before the block, across all its
+    streams (for ``in``: samples read from the mic's source at the stream's rate; for
+    ``out``: samples written to the output recording). Lines are written whole and
+    flushed at once, so a killed process leaves a readable trace.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._file: Any = self.path.open("a", encoding="ascii", buffering=1)
+        self._position = {"in": 0, "out": 0}
+        self._streams = 0
+
+    def new_stream(self) -> int:
+        """A serial number for a stream (re)start."""
+        with self._lock:
+            self._streams += 1
+            return self._streams
+
+    def block(
+        self, direction: str, *, due: float, called: float, stream: int, first: int,
+        frames: int, rate: int,
+    ) -> None:  # fmt: skip
+        """Record one block (``direction`` is ``in`` or ``out``)."""
+        with self._lock:
+            position = self._position[direction]
+            self._position[direction] = position + frames
+            if self._file is not None:
+                self._file.write(
+                    f"{direction} {due:.6f} {called:.6f} {stream} {first} {frames} {rate}"
+                    f" {position}\n"
+                )
+
+    def close(self) -> None:
+        """Close the trace file."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def trace_from_env(environ: Mapping[str, str] | None = None) -> CallbackTrace | None:
+    """A :class:`CallbackTrace` if ``HW_MOCKS_AUDIO_TRACE`` names a file, else None."""
+    path = (os.environ if environ is None else environ).get(ENV_TRACE)
+    return CallbackTrace(path) if path else None
+
+
 # ---------------------------------------------------------------- the sound card
 
 
@@ -263,8 +329,10 @@ class MockHardware:
         source: InputSource | None = None,
         output: Path | str | None = None,
         unplug_file: Path | str | None = None,
+        trace: CallbackTrace | None = None,
     ) -> None:
         self.source: InputSource = source or SilenceSource()
+        self.trace = trace
         self.output_path = Path(output) if output is not None else None
         self.unplug_file = Path(unplug_file) if unplug_file is not None else None
         self.recorder: WavRecorder | None = None
@@ -303,10 +371,12 @@ class MockHardware:
         self.recorder.write(pcm)
 
     def close(self) -> None:
-        """Close the output recording."""
+        """Close the output recording (and the trace, if any)."""
         with self._lock:
             if self.recorder is not None:
                 self.recorder.close()
+        if self.trace is not None:
+            self.trace.close()
 
 
 class MockPyAudio:
@@ -460,6 +530,7 @@ class MockStream:
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self._frames = 0  # frames read/written since start (blocking mode)
+        self._serial = 0  # this start's number in the hardware's trace (if tracing)
 
     # -- lifecycle
 
@@ -470,6 +541,8 @@ class MockStream:
             return
         self._running, self._done = True, False
         self._t0, self._frames = time.monotonic(), 0
+        if self._hw.trace is not None:
+            self._serial = self._hw.trace.new_stream()
         if self._callback is not None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._pump, name="mock-pyaudio", daemon=True)
@@ -596,6 +669,13 @@ class MockStream:
         n = self.frames_per_buffer
         in_data = self._hw.source.read(n, self.rate).tobytes() if self._is_input else None
         now = time.monotonic()
+        trace = self._hw.trace
+        first = round(stream_time * self.rate) - n
+        if trace is not None and self._is_input:
+            trace.block(
+                "in", due=self._t0 + stream_time, called=now, stream=self._serial, first=first,
+                frames=n, rate=self.rate,
+            )  # fmt: skip
         time_info = {
             "input_buffer_adc_time": self._t0 + stream_time - n / self.rate,
             "current_time": now,
@@ -615,6 +695,11 @@ class MockStream:
             if len(out) < want:  # PyAudio: a short buffer is padded and ends the stream
                 out, flag = out + bytes(want - len(out)), paComplete
             self._hw.record(out[:want], self.rate)
+            if trace is not None:
+                trace.block(
+                    "out", due=self._t0 + stream_time, called=now, stream=self._serial,
+                    first=first, frames=n, rate=self.rate,
+                )  # fmt: skip
         if flag != paContinue:
             self._done = True
             return False
@@ -668,16 +753,26 @@ def mock_pyaudio(
     input_spec: str = "silence",
     output: Path | str | None = None,
     unplug_file: Path | str | None = None,
+    trace: CallbackTrace | None = None,
 ) -> MockPyAudioModule:
-    """A fake ``pyaudio`` module whose mic hears ``input_spec`` and records to ``output``."""
-    return MockPyAudioModule(MockHardware(source_from_spec(input_spec), output, unplug_file))
+    """A fake ``pyaudio`` module whose mic hears ``input_spec`` and records to ``output``.
+
+    ``trace``: record every callback block; by default only if ``HW_MOCKS_AUDIO_TRACE``
+    names a file (see :class:`CallbackTrace`).
+    """
+    hardware = MockHardware(
+        source_from_spec(input_spec), output, unplug_file, trace or trace_from_env()
+    )
+    return MockPyAudioModule(hardware)
 
 
 def mock_pyaudio_from_env(environ: Mapping[str, str] | None = None) -> MockPyAudioModule:
-    """:func:`mock_pyaudio` configured by the ``GOCHAT_AUDIO__MOCK_*`` variables."""
+    """:func:`mock_pyaudio` configured by the ``GOCHAT_AUDIO__MOCK_*`` variables (and
+    ``HW_MOCKS_AUDIO_TRACE``)."""
     env = os.environ if environ is None else environ
     return mock_pyaudio(
         env.get(ENV_INPUT, "silence"),
         env.get(ENV_OUTPUT) or None,
         env.get(ENV_UNPLUG_FILE) or None,
+        trace_from_env(env),
     )
