@@ -2,7 +2,7 @@
 
 Run (from the repository root)::
 
-    .venv/bin/python -m benchmarks.footprint             # 60 s per profile, ~3 min
+    .venv/bin/python -m benchmarks.footprint             # 60 s per profile, ~2.5 min
     .venv/bin/python -m benchmarks.footprint --quick     # ~10 s per profile
 
 Options: ``--seconds N`` (measured seconds per profile), ``--quick``, ``--profiles
@@ -596,6 +596,7 @@ def bench_world(root: Path) -> Iterator[tuple[Broker, CoapClient]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             log(f"could not run: {tool} is not installed")

@@ -2,12 +2,13 @@
 
 Run (from the repository root)::
 
-    .venv/bin/python -m benchmarks.mouth_to_ear            # 200 clicks per scenario, ~5 min
-    .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~1.5 min
+    .venv/bin/python -m benchmarks.mouth_to_ear            # 200 clicks per scenario, ~7 min
+    .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~2 min
 
 Options: ``--clicks N`` (per scenario), ``--quick``, ``--no-proxy`` (skip the jitter
-scenario), ``--seed``. Prints Markdown tables with the machine and the date; never
-fails on a missed target (exit 0; 1 if the benchmark could not run; 130 on Ctrl-C).
+scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``. Prints
+Markdown tables with the machine and the date; never fails on a missed target (exit
+0; 1 if the benchmark could not run; 130 on Ctrl-C).
 
 What is measured
 ----------------
@@ -900,6 +901,7 @@ def bench_world(root: Path) -> Iterator[tuple[Broker, CoapClient, contextlib.Exi
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     scenarios = [Scenario("loopback", "default", proxy=False)]
     if not args.no_proxy:
         scenarios.append(Scenario("jitter", "default", proxy=True))
