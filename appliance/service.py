@@ -21,10 +21,13 @@ def notify(*states: str) -> bool:
         return False
     if address.startswith(_ABSTRACT):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # Non-blocking: a notify socket nobody reads (a full datagram queue) must drop a
+    # STATUS= line, never freeze the caller's event loop.
+    flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    with socket.socket(socket.AF_UNIX, flags) as sock:
         try:
             sock.sendto("\n".join(states).encode(), address)
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False
     return True
 
