@@ -36,8 +36,8 @@ import json
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiocoap
 from aiocoap import error as coap_error
@@ -173,6 +173,21 @@ def error_message(code: CoapCode, message: str) -> aiocoap.Message:
     return json_message(code, {"message": message})
 
 
+_Name = TypeVar("_Name", bound=str)
+
+
+def path_name(request: aiocoap.Message, allowed: Sequence[_Name], unknown: str) -> _Name:
+    """The one path segment after a resource (``/buttons/{name}``, ``/host/{action}``):
+    4.04 for none or several segments, 4.00 for a name that is not ``allowed``."""
+    path = request.opt.uri_path
+    if len(path) != 1:
+        raise coap_error.NotFound()
+    name: str = path[0]
+    if name not in allowed:
+        raise ApiRequestError(f"{unknown} {name[:32]!r} (one of {', '.join(allowed)})")
+    return allowed[allowed.index(name)]  # typed as the allowed literal
+
+
 def parse_body(model: type[_Body], request: aiocoap.Message) -> Any:
     """Validate a request's JSON payload as ``model`` or raise :class:`ApiRequestError`."""
     fmt = request.opt.content_format
@@ -251,18 +266,10 @@ class ButtonResource(_ApiResource, resource.PathCapable):  # type: ignore[misc]
     """``/buttons/{name}``: POST ``{"press": "short"|"long"}``."""
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        path = request.opt.uri_path
-        if len(path) != 1:
-            raise coap_error.NotFound()
-        name = path[0]
-        if name not in BUTTONS:
-            raise ApiRequestError(
-                f"button: unknown button {name[:32]!r} (one of {', '.join(BUTTONS)})"
-            )
+        button = path_name(request, BUTTONS, "button: unknown button")
         body: ButtonBody = parse_body(ButtonBody, request)
-        button: ButtonName = name  # checked above
         outcome, reason = self.api.press(button, body.press)
-        result: dict[str, Any] = {"button": name, "press": body.press, "outcome": outcome}
+        result: dict[str, Any] = {"button": button, "press": body.press, "outcome": outcome}
         if reason is not None:
             result["reason"] = reason
         return json_message(CoapCode.CHANGED, result)
@@ -317,16 +324,8 @@ class HostResource(_ApiResource, resource.PathCapable):  # type: ignore[misc]
     """``/host/{action}``: POST ``{"user_id"}`` (host only)."""
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        path = request.opt.uri_path
-        if len(path) != 1:
-            raise coap_error.NotFound()
-        action = path[0]
-        if action not in HOST_ACTIONS:
-            raise ApiRequestError(
-                f"action: unknown {action[:32]!r} (one of {', '.join(HOST_ACTIONS)})"
-            )
+        name = path_name(request, HOST_ACTIONS, "action: unknown")
         body: HostBody = parse_body(HostBody, request)
-        name: HostActionName = action  # checked above
         user_id = body.user_id
         return await self.call(lambda t: HostAction(name, user_id, ticket=t), CoapCode.CHANGED)
 
