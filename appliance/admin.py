@@ -1,7 +1,7 @@
 """Broker credentials: ``gochat-admin add-device | add-server | remove-device``
 (and ``broker-conf``, a private broker's configuration for development).
 
-Every GoChat client logs in to Mosquitto with its user id as username (PROTOCOL.md
+Every GoChat client logs in to Mosquitto with its user id as username (docs/protocol.md
 section 1). This module creates those accounts: it generates a strong random
 password, writes its hash into Mosquitto's ``password_file`` and the password itself
 into a ``<secret-dir>/<name>.password`` file (mode 0600) that the device or the

@@ -1,6 +1,6 @@
 """A small blocking GoChat client: for scripts, tests, benchmarks and the shell.
 
-It speaks PROTOCOL.md exactly as a device does (MQTT 5 request/response with
+It speaks docs/protocol.md exactly as a device does (MQTT 5 request/response with
 correlation data, a Will and presence, inbox and retained room state), but waits on
 threads instead of an event loop, which suits a test or a one-off command.
 """
@@ -95,7 +95,11 @@ class GoChatClient:
     # ------------------------------------------------------------ requests
 
     def request(
-        self, method: str, payload: dict[str, Any] | bytes, *, timeout_s: float | None = None
+        self,
+        method: m.Method | str,
+        payload: dict[str, Any] | bytes,
+        *,
+        timeout_s: float | None = None,
     ) -> m.Response:
         """Send one request and wait for its response."""
         correlation = self._prefix + next(self._counter).to_bytes(8, "big")
@@ -115,7 +119,7 @@ class GoChatClient:
             with self._lock:
                 self._waiting.pop(correlation, None)
 
-    def call(self, method: str, **payload: Any) -> dict[str, Any]:
+    def call(self, method: m.Method | str, **payload: Any) -> dict[str, Any]:
         """Send a request; return its ``data`` or raise :class:`GoChatError`."""
         response = self.request(method, payload)
         if response.code != 0:
@@ -124,7 +128,7 @@ class GoChatClient:
 
     def login(self, name: str | None = None) -> dict[str, Any]:
         """``login`` with ``name`` (default: the user id)."""
-        return self.call("login", name=name or self.user_id[:32])
+        return self.call(m.Method.LOGIN, name=name or self.user_id[:32])
 
     def publish_raw(
         self,

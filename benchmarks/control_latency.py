@@ -32,15 +32,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests` and `benchmarks` importable
-    sys.path.insert(0, str(REPO_ROOT))
+from appliance.hw_mocks import gpio
 
-from benchmarks._common import machine_header, markdown_table, percentile, verdict  # noqa: E402
-from hw_mocks import gpio  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.device import DaemonProcess, InProcessDaemon  # noqa: E402
-from tests.support.gochat import ServerProcess  # noqa: E402
+from benchmarks._common import machine_header, markdown_table, percentile, verdict
+from testbed import leds
+from testbed.broker import Broker
+from testbed.daemons import DaemonProcess, InProcessDaemon
+from testbed.server import ServerProcess
 
 TARGET_P99_MS = 15.0
 TARGET_READY_S = 1.0
@@ -77,8 +75,8 @@ def control_latency(broker: Broker, presses: int) -> tuple[list[float], list[flo
     listener = InProcessDaemon(broker, "bench-listener", mode="join").start()
     try:
         button = listener.pin("raise_hand")
-        host_hand = gpio.led_pin(host.factory, "hand", host.pins)
-        own_hand = gpio.led_pin(listener.factory, "hand", listener.pins)
+        host_hand = leds.led_pin(host.factory, "hand", host.pins)
+        own_hand = leds.led_pin(listener.factory, "hand", listener.pins)
         raised: list[float] = []
         lowered: list[float] = []
         for _ in range(presses):

@@ -65,18 +65,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests` and `benchmarks` importable
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+from appliance.hw_mocks.audio import read_wav_mono
 
-import numpy as np  # noqa: E402
-
-from appliance.audio import opus  # noqa: E402
-from appliance.audio.profile import PROFILES, ProfileName  # noqa: E402
-from appliance.client import GoChatClient  # noqa: E402
-from appliance.protocol import topics  # noqa: E402
-from appliance.protocol.frames import AudioFrame, timestamp_step  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+from appliance.audio import opus
+from appliance.audio.profile import PROFILES, ProfileName
+from appliance.client import GoChatClient
+from appliance.protocol import topics
+from appliance.protocol.frames import AudioFrame, timestamp_step
+from benchmarks._common import (
     drain_datagrams,
     machine_header,
     markdown_table,
@@ -86,10 +83,9 @@ from benchmarks._common import (  # noqa: E402
     thread_cpu_seconds,
     verdict,
 )
-from hw_mocks.audio import read_wav_mono  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.device import CoapClient, DaemonProcess  # noqa: E402
-from tests.support.gochat import ServerProcess, connect  # noqa: E402
+from testbed.broker import Broker
+from testbed.daemons import CoapClient, DaemonProcess
+from testbed.server import ServerProcess, connect
 
 TARGET_CPU_PCT = 4.0
 TARGET_RSS_MB = 64.0

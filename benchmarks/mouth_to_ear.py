@@ -93,36 +93,32 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests` and `benchmarks` importable
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+import numpy.typing as npt
+import paho.mqtt.client as paho
+from appliance.hw_mocks.audio import ENV_TRACE, read_wav_mono
 
-import numpy as np  # noqa: E402
-import numpy.typing as npt  # noqa: E402
-import paho.mqtt.client as paho  # noqa: E402
-
-from appliance.audio import opus  # noqa: E402
-from appliance.audio.profile import (  # noqa: E402
+from appliance.audio import opus
+from appliance.audio.profile import (
     PLAYBACK_PERIOD_MS,
     PLAYBACK_RATE,
     PROFILES,
     ProfileName,
 )
-from appliance.audio.sender import Sender  # noqa: E402
-from appliance.device.settings import AudioSettings  # noqa: E402
-from appliance.mqtt import new_client  # noqa: E402
-from appliance.protocol import frames, topics  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+from appliance.audio.sender import Sender
+from appliance.device.settings import AudioSettings
+from appliance.mqtt import new_client
+from appliance.protocol import frames, topics
+from benchmarks._common import (
     drain_datagrams,
     machine_header,
     markdown_table,
     percentile,
     verdict,
 )
-from hw_mocks.audio import ENV_TRACE, read_wav_mono  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.device import CoapClient, DaemonProcess  # noqa: E402
-from tests.support.gochat import ServerProcess  # noqa: E402
+from testbed.broker import Broker
+from testbed.daemons import CoapClient, DaemonProcess
+from testbed.server import ServerProcess
 
 # --- knobs ---------------------------------------------------------------------------
 

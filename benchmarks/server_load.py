@@ -1,6 +1,6 @@
 """Load benchmark of the GoChat business server: heartbeat load and a join storm.
 
-What it measures (PROTOCOL.md section 3 requests, over a real Mosquitto):
+What it measures (docs/protocol.md section 3 requests, over a real Mosquitto):
 
 1. **Heartbeat load.** Simulated clients send ``heartbeat {}`` requests at a fixed
    aggregate rate (default 3,000 req/s for 20 s, then a step up to 5,000 req/s to
@@ -71,17 +71,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `tests` and `benchmarks` importable
-    sys.path.insert(0, str(REPO_ROOT))
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from paho.mqtt.packettypes import PacketTypes  # noqa: E402
-from paho.mqtt.properties import Properties  # noqa: E402
-
-from appliance.protocol import topics  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+from appliance.protocol import topics
+from benchmarks._common import (
     machine_cpu_seconds,
     machine_header,
     markdown_table,
@@ -92,8 +88,8 @@ from benchmarks._common import (  # noqa: E402
     thread_cpu_seconds,
     verdict,
 )
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.gochat import ServerProcess  # noqa: E402
+from testbed.broker import Broker
+from testbed.server import ServerProcess
 
 # --- knobs ---------------------------------------------------------------------------
 

@@ -53,8 +53,6 @@ from typing import Any, BinaryIO, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from appliance.audio.tone import ToneGenerator
-
 log = logging.getLogger(__name__)
 
 # PortAudio sample formats, callback flags and error codes, as the pyaudio module has them.
@@ -127,13 +125,15 @@ class ToneSource:
     def __init__(self, freq: float, amplitude: float = 0.5) -> None:
         self.freq = freq
         self.amplitude = amplitude
-        self._gen: ToneGenerator | None = None
+        self._phase = 0.0  # radians, kept in [0, 2 pi) so precision never drifts
 
     def read(self, n: int, rate: int) -> _Int16Array:
         """The next ``n`` samples of the tone at ``rate``."""
-        if self._gen is None or self._gen.rate != rate:
-            self._gen = ToneGenerator(self.freq, rate, self.amplitude)
-        return self._gen.read(n)
+        step = 2 * np.pi * self.freq / rate
+        wave = np.sin(self._phase + step * np.arange(n)) * (self.amplitude * 32767.0)
+        self._phase = float(np.fmod(self._phase + step * n, 2 * np.pi))
+        block: _Int16Array = np.round(wave).astype(np.int16)
+        return block
 
 
 class WavSource:

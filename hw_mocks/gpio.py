@@ -1,8 +1,9 @@
-"""GPIO stand-ins over gpiozero's own ``MockFactory``: press buttons, read LED patterns.
+"""GPIO stand-ins over gpiozero's own ``MockFactory``: press buttons, read LED history.
 
 Used by the tests and by the daemon's ``--mock-hw`` mode. A panel built with
 ``pin_factory=mock_factory()`` runs unchanged on these pins; this module only plays the
-person (driving the button pins) and the observer (reading the LED pins' history).
+person (driving button pins) and records what the LED pins did. It knows gpiozero's
+pin layer and nothing of the appliance: pins are passed as ``MockPin`` objects.
 
 Buttons are active-low with a pull-up: pressing drives the pin low.
 
@@ -12,24 +13,18 @@ Time is passed in: every helper that waits takes ``advance``, a callable that le
 acts at its deadline).
 
 LED history is read from ``MockPin.states``, which gpiozero records with
-``time.monotonic()``; blinking itself runs on gpiozero's threads in real time, so the
-pattern helpers work on real time only.
+``time.monotonic()`` (:func:`timeline`). A long-running ``--mock-hw`` daemon blinks for
+hours, so :func:`mock_factory`'s pins keep a bounded history.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPin
-
-from appliance.device.effects import LED_NAMES, LedName, LedPattern
-from appliance.device.events import ButtonName
-from appliance.device.panel import BLINK_TIMES, PanelPins
 
 Advance = Callable[[float], None]
 """Lets ``seconds`` pass: ``time.sleep`` or a fake clock's ``advance``."""
@@ -38,29 +33,32 @@ SHORT_HOLD_S = 0.1
 LONG_HOLD_S = 1.6
 BOUNCE_SPACING_S = 0.0005
 
-STEADY_S = 1.5 * max(on_s for on_s, _ in BLINK_TIMES.values())
-"""Unchanged this long, an LED is steady: longer than any blink phase."""
-TOLERANCE = 0.35
-"""How far (relative) a measured blink phase may stray from the nominal one."""
-RECENT_PHASES = 4
+HISTORY_KEEP = 256
+"""States a pin keeps at least; the oldest go once it holds twice as many."""
 
 
 # ---------------------------------------------------------------- pins
 
 
+class BoundedMockPin(MockPin):  # type: ignore[misc]  # gpiozero is untyped
+    """A ``MockPin`` whose history (``states``) stays bounded.
+
+    gpiozero's ``MockPin`` records every change forever: a blinking LED grows it by ~10
+    entries a second. :func:`timeline` walks back from the latest change, so dropping
+    the oldest entries loses nothing it needs; ``del`` of a slice is one operation
+    under the GIL, so a blink thread appending meanwhile loses nothing either.
+    """
+
+    def _change_state(self, value: bool) -> bool:
+        changed: bool = super()._change_state(value)
+        if len(self.states) > 2 * HISTORY_KEEP:
+            del self.states[:-HISTORY_KEEP]
+        return changed
+
+
 def mock_factory() -> Any:
-    """A fresh ``MockFactory`` (one per test, like gpiozero's own test suite)."""
-    return MockFactory()
-
-
-def button_pin(factory: Any, name: ButtonName, pins: PanelPins | None = None) -> Any:
-    """The ``MockPin`` of button ``name``."""
-    return factory.pin((pins or PanelPins()).button(name))
-
-
-def led_pin(factory: Any, name: LedName, pins: PanelPins | None = None) -> Any:
-    """The ``MockPin`` of LED ``name``."""
-    return factory.pin((pins or PanelPins()).led(name))
+    """A fresh ``MockFactory`` of bounded pins (one per test, like gpiozero's own tests)."""
+    return MockFactory(pin_class=BoundedMockPin)
 
 
 # ---------------------------------------------------------------- buttons
@@ -169,75 +167,3 @@ def timeline(pin: MockPin) -> list[Change]:
     return changes
 
 
-def classify_changes(changes: Sequence[Change], now: float) -> LedPattern | None:
-    """The DEVICE.md pattern a history shows at ``now``, or None if it cannot tell yet.
-
-    Steady ("on"/"off") once unchanged for :data:`STEADY_S`; a blink once at least one
-    whole recent phase was seen, named by its median phase length. None while the
-    history is too short to decide, or for a rhythm that is no DEVICE.md pattern
-    (such as a refusal flash).
-    """
-    if not changes:
-        return None
-    current = changes[-1]
-    held = now - current.at
-    if held >= STEADY_S:
-        return "on" if current.on else "off"
-    phases: list[float] = []
-    for earlier, later in reversed(list(pairwise(changes))):
-        phase = later.at - earlier.at
-        if phase >= STEADY_S or len(phases) == RECENT_PHASES:
-            break
-        phases.append(phase)
-    if not phases:
-        return None
-    return _blink_named(statistics.median(phases), held)
-
-
-def _blink_named(phase: float, held: float) -> LedPattern | None:
-    for name, (on_s, _) in BLINK_TIMES.items():
-        if abs(phase - on_s) <= TOLERANCE * on_s:
-            # Held well past this rhythm's phase: it stopped blinking; not steady yet.
-            return name if held <= (1 + 2 * TOLERANCE) * on_s else None
-    return None
-
-
-def classify(pin: MockPin, now: float | None = None) -> LedPattern | None:
-    """The pattern LED ``pin`` shows now (see :func:`classify_changes`)."""
-    return classify_changes(timeline(pin), time.monotonic() if now is None else now)
-
-
-def led_patterns(factory: Any, pins: PanelPins | None = None) -> dict[LedName, LedPattern | None]:
-    """Every LED's pattern now, by name."""
-    return {name: classify(led_pin(factory, name, pins)) for name in LED_NAMES}
-
-
-def wait_for_pattern(
-    pin: MockPin, pattern: LedPattern, timeout_s: float = 3.0, poll_s: float = 0.01
-) -> bool:
-    """Poll (real time) until ``pin`` shows ``pattern``; False after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if classify(pin) == pattern:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(poll_s)
-
-
-# ---------------------------------------------------------------- long runs
-
-
-def trim_history(factory: Any, pins: PanelPins | None = None, keep: int = 256) -> None:
-    """Drop all but the latest ``keep`` states of every LED pin.
-
-    gpiozero's ``MockPin`` records every change forever, so a blinking LED under a
-    long-running ``--mock-hw`` daemon grows by ~10 entries a second. :func:`timeline`
-    walks back from the latest change, so dropping the oldest ones loses nothing it
-    needs. ``del`` of a slice is one operation under the GIL: a blink thread appending
-    meanwhile loses nothing.
-    """
-    for name in LED_NAMES:
-        states = led_pin(factory, name, pins).states
-        if len(states) > 2 * keep:
-            del states[:-keep]

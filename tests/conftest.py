@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Broker, MqttClientFactory, RecordingClient, connect_client
+
+from testbed import Broker, MqttClientFactory, RecordingClient, connect_client
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import Broker, probe_login
 
 from appliance import admin
+from testbed import Broker, probe_login
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""The shipped broker configuration and ACL do exactly what PROTOCOL.md section 2 says.
+"""The shipped broker configuration and ACL do exactly what docs/protocol.md section 2 says.
 
 A real Mosquitto runs ``config/mosquitto/mosquitto.conf`` and ``config/mosquitto/acl``
 (only ports and paths changed); accounts come from ``appliance.admin``. Nothing is
@@ -23,7 +23,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
-from support import Broker, MqttClientFactory, RecordingClient, probe_login
+
+from testbed import Broker, MqttClientFactory, RecordingClient, probe_login
 
 SERVER = "gochat-server"
 NOT_AUTHORIZED = 0x87

@@ -1,9 +1,10 @@
 """The appliance's audio: the media link between the room and the sound card.
 
-:class:`AudioEngine` is what the daemon talks to (it implements the daemon's audio
-port). The event loop only *asks* for things — start or stop publishing, whom to hear —
-and never waits: a supervisor thread owns PyAudio, opens and closes streams, notices a
-device that vanished, reports it, and reopens it with backoff. The audio itself flows in
+:class:`AudioEngine` is what the daemon talks to (it implements
+:class:`~appliance.audio.port.AudioPort`). The event loop only *asks* for things —
+start or stop publishing, whom to hear — and never waits: a supervisor thread owns
+PyAudio, opens and closes streams, notices a device that vanished, reports it, and
+reopens it with backoff. The audio itself flows in
 PortAudio's callback threads: capture -> :class:`~.sender.Sender` -> publish, and network
 -> :class:`~.receiver.Receiver` -> playback.
 """
@@ -14,23 +15,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from appliance.audio.config import AudioConfig
 from appliance.audio.devices import PyAudioModule, find_device, quiet_stderr
 from appliance.audio.jitter import JitterConfig
-from appliance.audio.profile import (
-    PLAYBACK_PERIOD_MS,
-    PLAYBACK_RATE,
-    PROFILES,
-    Profile,
-    ProfileName,
-)
+from appliance.audio.port import AudioHooks, AudioStats
+from appliance.audio.profile import PLAYBACK_PERIOD_MS, PLAYBACK_RATE, PROFILES, Profile
 from appliance.audio.receiver import PERIOD_SAMPLES, Receiver
 from appliance.audio.sender import Sender
-from appliance.device.audio_port import AudioHooks
 
 log = logging.getLogger("gochat.audio")
 
@@ -38,30 +33,6 @@ SUPERVISE_S = 0.05
 REOPEN_MIN_S = 0.5
 REOPEN_MAX_S = 10.0
 END_GRACE_S = 0.25  # how long a closing spurt may take to send its last block
-
-
-@dataclass(frozen=True, slots=True)
-class AudioConfig:
-    """What the engine needs from the ``audio`` config section."""
-
-    input_device: str = "default"
-    output_device: str = "default"
-    profile: ProfileName = "default"
-    bitrate: int | None = None
-    dtx: bool = False
-    jitter_min_packets: int = 1
-    jitter_max_packets: int = 3
-    jitter_cap_ms: int = 200
-
-
-@dataclass(frozen=True, slots=True)
-class AudioStats:
-    """The ``audio`` object of ``/status`` (DEVICE.md)."""
-
-    frames_sent: int
-    frames_received: int
-    frames_concealed: int
-    jitter_ms: float
 
 
 class _Stream:

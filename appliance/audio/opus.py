@@ -41,7 +41,7 @@ _RESET_STATE: Final = 4028
 _GET_SAMPLE_RATE: Final = 4029
 
 MAX_PACKET_BYTES: Final = 1275
-"""The largest packet we emit or accept (PROTOCOL.md section 6, one Opus frame)."""
+"""The largest packet we emit or accept (docs/protocol.md section 7, one Opus frame)."""
 SAMPLE_RATES: Final = (8000, 12000, 16000, 24000, 48000)
 FRAME_MS: Final = (10, 20, 40, 60)
 _MAX_FRAME_MS: Final = 120  # the longest packet libopus can decode

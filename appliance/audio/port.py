@@ -1,52 +1,133 @@
-"""The audio engine as the daemon's audio port: built from the ``audio`` config section."""
+"""The audio engine's contract with whoever drives it (the appliance daemon).
+
+The driver owns *when* to speak and *whom* to hear (both follow the server's room
+state); the engine owns *how*. This module is the whole contract between them, and it
+knows nothing of the driver:
+
+* :class:`AudioPort`: what the driver calls on the engine.
+* :class:`AudioHooks`: what the engine may call back (publish a frame, report a device).
+* :class:`AudioStats`: the counters the engine reports (``/status`` shows them).
+* :class:`NullAudio`: a port that plays and sends nothing (no sound hardware).
+
+Threads
+-------
+* ``start_publishing``, ``stop_publishing``, ``set_heard``, ``stats`` and ``close`` are
+  called on the driver's event-loop thread. They must return quickly (well under a
+  millisecond): hand the work to the audio threads, never wait for them.
+* ``on_frame`` is called on the network thread, once per message received on
+  ``room/{room_id}/audio/{user_id}`` of the room the device is in — never for this
+  device's own stream. ``arrival`` is ``time.monotonic()`` when the message was
+  handed over. It must not block: parse, push into the jitter buffer, return. Frames
+  from users outside the latest ``set_heard`` set, and frames that fail to parse or
+  decode, are dropped and counted (docs/protocol.md section 7).
+* :attr:`AudioHooks.publish` is thread-safe and never blocks: the capture thread calls
+  it with one encoded frame per call; while the link is down the frame is dropped.
+* :attr:`AudioHooks.device_lost` / :attr:`AudioHooks.device_restored` may be called
+  from any thread: ``device_lost`` once when capture or playback fails (the engine
+  keeps reopening with backoff), ``device_restored`` once both work again.
+
+Lifecycle: built once at start; ``start_publishing`` opens capture;
+``stop_publishing`` closes it, marking the last packet as the end of a talk spurt;
+``set_heard`` may arrive at any time; ``close`` is called once at shutdown and stops
+the engine's threads within about 100 ms.
+"""
 
 from __future__ import annotations
 
-import logging
-
-from appliance.audio.devices import PyAudioModule, load_pyaudio
-from appliance.audio.engine import AudioConfig, AudioEngine
-from appliance.device.audio_port import AudioHooks, AudioPort, NullAudio
-from appliance.device.settings import AudioSettings
-
-log = logging.getLogger("gochat.audio")
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
-def engine_factory(settings: AudioSettings, hooks: AudioHooks, *, mock_hw: bool) -> AudioPort:
-    """An :class:`AudioEngine` on ALSA (or on the stand-in devices with ``mock_hw``).
+@dataclass(frozen=True, slots=True)
+class AudioStats:
+    """The engine's counters: the ``audio`` object of ``/status`` (docs/device.md)."""
 
-    Without PyAudio installed there is no sound: the daemon still runs (buttons, LEDs,
-    room) and the status LED shows the audio error.
+    frames_sent: int = 0
+    frames_received: int = 0
+    frames_concealed: int = 0
+    jitter_ms: float = 0.0
+
+    def as_status(self) -> dict[str, Any]:
+        """The ``audio`` object of the ``/status`` payload."""
+        return {
+            "frames_sent": self.frames_sent,
+            "frames_received": self.frames_received,
+            "frames_concealed": self.frames_concealed,
+            "jitter_ms": self.jitter_ms,
+        }
+
+
+NO_AUDIO = AudioStats()
+"""All zeros: before the engine starts, or without one."""
+
+
+class AudioPort(Protocol):
+    """What the driver needs from an audio engine (see the module docstring for threads)."""
+
+    def start_publishing(self, room_id: str, user_id: str) -> None:
+        """Open capture and publish Opus frames for ``user_id`` in ``room_id``."""
+
+    def stop_publishing(self) -> None:
+        """Close capture; the last frame sent carries the end-of-talk-spurt flag."""
+
+    def set_heard(self, user_ids: frozenset[str]) -> None:
+        """Play exactly these users' streams (seated, mic on, not this device)."""
+
+    def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
+        """One received audio message (on the network thread; must not block)."""
+
+    def stats(self) -> AudioStats:
+        """The counters ``/status`` shows under ``audio``."""
+        ...
+
+    def close(self) -> None:
+        """Stop capture and playback and release the devices."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioHooks:
+    """What an :class:`AudioPort` may call on its driver (all thread-safe)."""
+
+    publish: Callable[[str, bytes], None]
+    """``publish(room_id, frame)``: one audio frame, QoS 0, never blocks."""
+    device_lost: Callable[[str], None]
+    """``device_lost(reason)``: capture or playback stopped working."""
+    device_restored: Callable[[], None]
+    """Capture and playback work again."""
+
+
+class NullAudio:
+    """An :class:`AudioPort` that plays nothing, sends nothing and counts nothing.
+
+    Right for a device without sound hardware (or without PyAudio). It keeps what it
+    was told, for inspection.
     """
-    try:
-        module = pyaudio_module(settings, mock_hw)
-    except ImportError as exc:
-        log.error("no audio: PyAudio is not installed (%s)", exc)
-        hooks.device_lost("PyAudio is not installed")
-        return NullAudio()
-    engine = AudioEngine(config_of(settings), module, hooks)
-    engine.start()
-    return engine
 
+    def __init__(self) -> None:
+        self.publishing: tuple[str, str] | None = None
+        self.heard: frozenset[str] = frozenset()
+        self.closed = False
 
-def pyaudio_module(settings: AudioSettings, mock_hw: bool) -> PyAudioModule:
-    """The real ``pyaudio`` module, or with ``mock_hw`` the stand-in the settings name."""
-    if not mock_hw:
-        return load_pyaudio()
-    from hw_mocks.audio import mock_pyaudio  # noqa: PLC0415 - stand-ins only with --mock-hw
+    def start_publishing(self, room_id: str, user_id: str) -> None:
+        """Remember that capture would be open."""
+        self.publishing = (room_id, user_id)
 
-    return mock_pyaudio(settings.mock_input, settings.mock_output, settings.mock_unplug_file)
+    def stop_publishing(self) -> None:
+        """Remember that capture would be closed."""
+        self.publishing = None
 
+    def set_heard(self, user_ids: frozenset[str]) -> None:
+        """Remember whom we would play."""
+        self.heard = user_ids
 
-def config_of(settings: AudioSettings) -> AudioConfig:
-    """The engine's view of the config section."""
-    return AudioConfig(
-        input_device=settings.input_device,
-        output_device=settings.output_device,
-        profile=settings.profile,
-        bitrate=settings.bitrate,
-        dtx=settings.dtx,
-        jitter_min_packets=settings.jitter_min_packets,
-        jitter_max_packets=settings.jitter_max_packets,
-        jitter_cap_ms=settings.jitter_cap_ms,
-    )
+    def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
+        """Discard the frame."""
+
+    def stats(self) -> AudioStats:
+        """All zeros."""
+        return NO_AUDIO
+
+    def close(self) -> None:
+        """Nothing to release."""
+        self.closed = True

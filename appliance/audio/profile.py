@@ -1,6 +1,6 @@
 """Audio profiles: what the encoder runs at.
 
-``default`` is PROTOCOL.md's default: 48 kHz, 20 ms packets, VoIP mode. ``low-cpu``
+``default`` is docs/protocol.md's default: 48 kHz, 20 ms packets, VoIP mode. ``low-cpu``
 spares a small board: 16 kHz capture and encode, 40 ms packets (half the packets and
 per-packet overhead) and a low encoder complexity. Both decode anything, so devices
 on different profiles interoperate: the receiver always decodes at 48 kHz.

@@ -1,4 +1,4 @@
-"""The appliance daemon's pure core and its GPIO edge.
+"""The appliance daemon: a pure core and the imperative shell around it.
 
 * :mod:`.events` and :mod:`.effects`: what goes into the state machine and what comes out.
 * :mod:`.state`, :mod:`.view` and :mod:`.machine`: the device state machine, pure and
@@ -12,16 +12,17 @@ The imperative shell around this core turns the world into events, feeds
 
 * :mod:`.session`: the MQTT client on its own network thread (jittered reconnects,
   presence, requests and answers, room subscriptions, audio frames straight to audio).
-* :mod:`.coap`: the local CoAP API (aiocoap) of DEVICE.md.
-* :mod:`.audio_port`: the seam to the audio engine (:class:`~.audio_port.AudioPort`).
+* :mod:`.coap` and :mod:`.api`: the local CoAP API (aiocoap) and the daemon's side of it.
+* :mod:`.sound`: the audio engine (:mod:`appliance.audio`, a leaf below the daemon).
+* :mod:`.status`: the ``/status`` payload, computed in one place.
+* :mod:`.startup`: the ``[room]`` plan carried out at start.
 * :mod:`.daemon`: the one event loop that owns the machine, timers and systemd glue.
-* :mod:`.settings`, :mod:`.main`: configuration and the ``gochat-appliance`` command.
-* :mod:`.console`: a curses console that watches and presses appliances over CoAP.
+* :mod:`.settings`, :mod:`.main`: configuration and the ``gochat-appliance`` command
+  (the edge: it builds the real hardware or the stand-ins and hands them in).
+* :mod:`.console` and :mod:`.coap_client`: watching and pressing appliances over CoAP.
 
-The choices the shell makes where DEVICE.md is silent are in ``docs/device-notes.md``.
-
-Choices where DEVICE.md is silent
----------------------------------
+Rules of the core (all written down in docs/device.md)
+-------------------------------------------------------
 * Idle (online, logged in, no room wanted): the status LED blinks slowly, like
   "joining" — the device waits to join; "on" is kept strictly for "in a room".
 * ``connection`` is ``online`` only when the broker link is up *and* ``login`` succeeded;

@@ -1,4 +1,4 @@
-"""The local CoAP API (DEVICE.md "Local API"), served with aiocoap on the daemon's loop.
+"""The local CoAP API (docs/device.md "Local API"), served with aiocoap on the daemon's loop.
 
 =====================  ========  =====================================================
 resource               method    meaning
@@ -87,7 +87,7 @@ COAP_CODES: Mapping[int, CoapCode] = {
     503: CoapCode.SERVICE_UNAVAILABLE,  # not connected / the link dropped
     504: CoapCode.GATEWAY_TIMEOUT,  # the server did not answer in time
 }
-"""PROTOCOL.md response codes (and the machine's 502-504) to CoAP response codes."""
+"""docs/protocol.md response codes (and the machine's 502-504) to CoAP response codes."""
 
 
 def coap_code(code: int) -> CoapCode:

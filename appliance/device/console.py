@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.device.effects import LED_NAMES, LedName
+from appliance.device.coap_client import CoapClient, Reply
+from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName
 from appliance.device.events import ButtonName, PressKind
 
 FRAME_S = 0.04
@@ -33,12 +34,6 @@ POLL_S = 2.0
 """A plain GET this often notices a device that went away without a word."""
 REQUEST_TIMEOUT_S = 5.0
 COLUMN_WIDTH = 40
-BLINK_TIMES: dict[str, tuple[float, float]] = {
-    "blink-slow": (0.5, 0.5),
-    "blink": (0.25, 0.25),
-    "blink-fast": (0.1, 0.1),
-}
-"""(on, off) seconds, as :data:`appliance.device.panel.BLINK_TIMES` (DEVICE.md rates)."""
 
 Style = Literal[
     "plain",
@@ -134,11 +129,10 @@ def led_lit(pattern: str, now: float) -> bool:
     """Whether an LED showing ``pattern`` is lit at wall time ``now`` (seconds)."""
     if pattern == "on":
         return True
-    timing = BLINK_TIMES.get(pattern)
-    if timing is None:
-        return False
-    on_s, off_s = timing
-    return now % (on_s + off_s) < on_s
+    for name, (on_s, off_s) in BLINK_TIMES.items():
+        if name == pattern:  # any text may come from a device: look, don't index
+            return now % (on_s + off_s) < on_s
+    return False
 
 
 # ================================================================ rendering
@@ -262,13 +256,11 @@ class Console:
         self.views = [DeviceView(port) for port in ports]
         self.selected = 0
         self.quit = False
-        self._context: Any = None
+        self._client: CoapClient | None = None
         self._presses: set[asyncio.Task[None]] = set()
 
     async def run(self, screen: Any) -> None:
-        import aiocoap  # noqa: PLC0415  # only the console needs a CoAP client
-
-        self._context = await aiocoap.Context.create_client_context(transports=["udp6"])
+        self._client = await CoapClient.create()
         tasks = [asyncio.create_task(self._watch(view)) for view in self.views]
         try:
             while not self.quit:
@@ -278,8 +270,7 @@ class Console:
         finally:
             for task in tasks:
                 task.cancel()
-            with contextlib.suppress(Exception):
-                await self._context.shutdown()
+            await self._client.close()
 
     def _keys(self, screen: Any) -> None:
         while (key := screen.getch()) != -1:
@@ -302,10 +293,11 @@ class Console:
     async def _press(self, view: DeviceView, button: ButtonName, kind: PressKind) -> None:
         view.last = f"{button} {kind}: …"
         try:
-            body = await self._request(view.port, "POST", f"/buttons/{button}", {"press": kind})
+            reply = await self._request(view.port, "POST", f"/buttons/{button}", {"press": kind})
         except Exception as exc:
             view.last = f"{button} {kind}: {exc or type(exc).__name__}"
             return
+        body = reply.body if isinstance(reply.body, dict) else {}
         outcome = body.get("outcome") or body.get("message") or "?"
         reason = f" ({body['reason']})" if body.get("reason") else ""
         view.last = f"{button} {kind}: {outcome}{reason}"
@@ -322,55 +314,38 @@ class Console:
             await asyncio.sleep(RETRY_S)
 
     async def _observe(self, view: DeviceView) -> None:
-        import aiocoap  # noqa: PLC0415
-        from aiocoap.numbers.codes import Code  # noqa: PLC0415
-
-        message = aiocoap.Message(
-            code=Code.GET, uri=f"coap://{self.host}:{view.port}/status", observe=0
-        )
-        request = self._context.request(message)
-        first = await asyncio.wait_for(request.response, REQUEST_TIMEOUT_S)
-        self._seen(view, first)
+        assert self._client is not None
+        observation = self._client.observe(self.host, view.port, "/status")
+        self._seen(view, await observation.first(REQUEST_TIMEOUT_S))
         poll = asyncio.create_task(self._poll(view))
         try:
-            async for note in request.observation:
+            async for note in observation.notifications():
                 self._seen(view, note)
         finally:
             poll.cancel()
-            with contextlib.suppress(Exception):
-                request.observation.cancel()
+            observation.cancel()
 
     async def _poll(self, view: DeviceView) -> None:
         while True:
             await asyncio.sleep(POLL_S)
             try:
-                view.status = await self._request(view.port, "GET", "/status")
-                view.error = None
+                self._seen(view, await self._request(view.port, "GET", "/status"))
             except Exception:
                 view.error = "no answer"
 
-    async def _request(self, port: int, method: str, path: str, body: Any = None) -> Any:
-        import aiocoap  # noqa: PLC0415
-        from aiocoap.numbers.codes import Code  # noqa: PLC0415
-
-        payload = json.dumps(body).encode() if body is not None else b""
-        message = aiocoap.Message(
-            code=Code[method], uri=f"coap://{self.host}:{port}{path}", payload=payload
+    async def _request(self, port: int, method: str, path: str, body: Any = None) -> Reply:
+        assert self._client is not None
+        return await self._client.request(
+            self.host, port, method, path, body, timeout_s=REQUEST_TIMEOUT_S
         )
-        if payload:
-            message.opt.content_format = 50
-        response = await asyncio.wait_for(
-            self._context.request(message).response, REQUEST_TIMEOUT_S
-        )
-        return json.loads(bytes(response.payload) or b"{}")
 
     @staticmethod
-    def _seen(view: DeviceView, message: Any) -> None:
-        try:
-            view.status = json.loads(bytes(message.payload))
+    def _seen(view: DeviceView, reply: Reply) -> None:
+        if isinstance(reply.body, dict):
+            view.status = reply.body
             view.error = None
             view.seen_at = time.time()
-        except ValueError:
+        else:
             view.error = "unreadable status"
 
 
@@ -425,18 +400,11 @@ def _init_colours() -> None:
 
 
 async def _fetch_status(host: str, port: int) -> dict[str, Any]:
-    import aiocoap  # noqa: PLC0415
-    from aiocoap.numbers.codes import Code  # noqa: PLC0415
-
-    context = await aiocoap.Context.create_client_context(transports=["udp6"])
-    try:
-        message = aiocoap.Message(code=Code.GET, uri=f"coap://{host}:{port}/status")
-        response = await asyncio.wait_for(context.request(message).response, REQUEST_TIMEOUT_S)
-        status: dict[str, Any] = json.loads(bytes(response.payload))
-        return status
-    finally:
-        with contextlib.suppress(Exception):
-            await context.shutdown()
+    async with await CoapClient.create() as client:
+        reply = await client.request(host, port, "GET", "/status", timeout_s=REQUEST_TIMEOUT_S)
+    if not isinstance(reply.body, dict):
+        raise ValueError(f"unreadable status ({reply.code})")
+    return reply.body
 
 
 def status_command(host: str, port: int, *, wait_in_room: bool, timeout_s: float) -> int:

@@ -12,10 +12,16 @@ effect                                      adapter
 ==========================================  ==========================================
 SendRequest, SubscribeRoom, UnsubscribeRoom  :class:`~appliance.device.session.MqttSession`
 SetLeds, Refused                             :class:`~appliance.device.panel.Panel`
-StartPublishing, StopPublishing, SetHeard    the :class:`~appliance.device.audio_port.AudioPort`
-StatusChanged                                :class:`~appliance.device.coap.CoapApi` (Observe)
-ApiReply                                     the CoAP request (or start-up step) awaiting it
+StartPublishing, StopPublishing, SetHeard    the :class:`~appliance.audio.port.AudioPort`
+StatusChanged                                :class:`~appliance.device.status.StatusBoard`
+ApiReply                                     the CoAP call (or start-up step) awaiting it
 ==========================================  ==========================================
+
+The daemon's parts, each in its own module: the ``/status`` payload
+(:mod:`.status`), the CoAP API's backend and its tickets (:mod:`.api`), the start-up
+room plan (:mod:`.startup`) and the audio engine (:mod:`.sound`). The hardware —
+gpiozero's pin factory and the PyAudio module, real or stand-ins — is built by the
+entry point and handed in as :class:`Hardware`.
 
 Time: the machine, the gesture detector and the panel's edge stamps share the loop's
 monotonic clock (``loop.time()``); ticks are scheduled at the machine's own
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import signal
@@ -40,16 +45,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, assert_never
 
-from appliance.device.audio_port import (
-    AudioHooks,
-    AudioPort,
-    AudioPortFactory,
-    load_audio_factory,
-)
-from appliance.device.coap import CALL_TIMEOUT_S, CoapApi, CoapBindError
+from appliance.audio.devices import PyAudioModule
+from appliance.audio.port import AudioHooks, AudioPort, AudioStats
+from appliance.device import view
+from appliance.device.api import ApiBackend
+from appliance.device.coap import CoapApi, CoapBindError
 from appliance.device.effects import (
     ApiReply,
     Effect,
@@ -66,13 +69,8 @@ from appliance.device.effects import (
 from appliance.device.events import (
     AudioDeviceLost,
     AudioDeviceRestored,
-    ButtonName,
-    CreateRequested,
     Event,
     Gesture,
-    JoinRequested,
-    PressKind,
-    RoomListRequested,
     Started,
     StopRequested,
     Tick,
@@ -82,9 +80,10 @@ from appliance.device.machine import DeviceMachine
 from appliance.device.panel import GestureFeed, Panel, PanelPins
 from appliance.device.session import MqttSession
 from appliance.device.settings import ApplianceSettings
+from appliance.device.sound import open_sound
+from appliance.device.startup import RoomPlan
 from appliance.device.state import MachineConfig
-from appliance.device.view import NO_AUDIO
-from appliance.protocol.models import Code
+from appliance.device.status import Payload, StatusBoard, summary
 from appliance.service import notify, watchdog_interval_s
 
 log = logging.getLogger("gochat.device")
@@ -98,13 +97,19 @@ QUIT_WAIT_S = 0.8
 OFFLINE_WAIT_S = 0.6
 """How long shutdown waits for the broker to acknowledge ``offline``."""
 COAP_CLOSE_S = 0.4
-FIRST_ROOM_POLL_S = 1.0
-"""Join mode without a room id: first wait before looking for an open room again."""
-MAX_ROOM_POLL_S = 10.0
-MOCK_TRIM_S = 30.0
-"""With ``--mock-hw``: how often the mock LED pins' histories are trimmed."""
 AUDIO_REPORT_S = 1.0
 """How often moving audio counters refresh ``/status`` (and notify its observers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """The physical parts the daemon drives, built by the entry point (real ones, or the
+    stand-ins of ``appliance.hw_mocks`` with ``--mock-hw``)."""
+
+    pin_factory: Any = None
+    """gpiozero's pin factory (None: gpiozero picks the Pi's own pins)."""
+    pyaudio: PyAudioModule | None = None
+    """The ``pyaudio`` module or a stand-in (None: PyAudio is not installed; no sound)."""
 
 
 def machine_config(settings: ApplianceSettings) -> MachineConfig:
@@ -133,31 +138,24 @@ def panel_pins(settings: ApplianceSettings) -> PanelPins:
 class Daemon:
     """The appliance daemon (build, then ``await run()`` on a fresh loop).
 
-    ``mock_hw``: GPIO on ``hw_mocks.gpio``'s ``MockFactory`` (:attr:`pin_factory`, for
-    tests to press pins and read LEDs) and the audio engine's mock devices.
-    ``install_signals``: handle SIGTERM/SIGINT and arm the hard stop (a real process;
-    off for daemons that tests run on a thread, stopped by :meth:`stop_threadsafe`).
+    ``hardware``: the pin factory and PyAudio module to drive (tests press the pins of
+    a ``MockFactory`` through :attr:`pin_factory`). ``install_signals``: handle
+    SIGTERM/SIGINT and arm the hard stop (a real process; off for daemons that tests
+    run on a thread, stopped by :meth:`stop_threadsafe`).
     """
 
     def __init__(
         self,
         settings: ApplianceSettings,
         *,
-        mock_hw: bool = False,
-        pin_factory: Any = None,
-        audio_factory: AudioPortFactory | None = None,
+        hardware: Hardware | None = None,
         install_signals: bool = True,
         started_at: float | None = None,
     ) -> None:
         self.settings = settings
-        self.mock_hw = mock_hw
-        if pin_factory is None and mock_hw:
-            # Hardware stand-ins are loaded only when asked for, never on a real Pi.
-            from hw_mocks.gpio import mock_factory  # noqa: PLC0415
-
-            pin_factory = mock_factory()
-        self.pin_factory = pin_factory
-        """The gpiozero pin factory (a ``MockFactory`` with ``mock_hw``)."""
+        self.hardware = hardware or Hardware()
+        self.pin_factory = self.hardware.pin_factory
+        """The gpiozero pin factory the panel runs on."""
         self.pins = panel_pins(settings)
         self.machine = DeviceMachine(machine_config(settings))
         self.counts: Counter[str] = Counter()
@@ -166,16 +164,15 @@ class Daemon:
         """Set once READY=1 was (or would have been) sent."""
         self.stopped = threading.Event()
         """Set when :meth:`run` has finished shutting down."""
-        self.status_snapshot: dict[str, Any] = self.machine.status()
-        """The latest ``/status`` payload, replaced after every step (thread-safe read)."""
-        self._audio_factory = audio_factory or load_audio_factory()
+        self.board = StatusBoard(self.machine, self._audio_stats, self._status_changed)
+        """The ``/status`` payload (:attr:`StatusBoard.snapshot` is safe to read anywhere)."""
+        self.api = ApiBackend(self.dispatch, self.board, self.counters, self.counts)
+        self.plan = RoomPlan(settings, self.api.call, self)
+        self.plan.on_settled = self._maybe_ready
         self._install_signals = install_signals
         self._started_at = time.monotonic() if started_at is None else started_at
-        self._tickets: dict[int, asyncio.Future[ApiReply]] = {}
-        self._ticket_ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._plan_settled = settings.room.mode == "idle"
         self._status_line = ""
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -188,6 +185,11 @@ class Daemon:
         self.audio: AudioPort | None = None
         self.coap: CoapApi | None = None
         self._feed: GestureFeed | None = None
+
+    @property
+    def status_snapshot(self) -> Payload:
+        """The latest ``/status`` payload (thread-safe read)."""
+        return self.board.snapshot
 
     # ================================================================ lifecycle
 
@@ -223,7 +225,7 @@ class Daemon:
         except Exception as exc:
             log.error("GPIO unavailable: %s (off a Pi, run with --mock-hw)", exc)
             return EX_UNAVAILABLE
-        self.coap = CoapApi(self, settings.coap.bind, settings.coap.port)
+        self.coap = CoapApi(self.api, settings.coap.bind, settings.coap.port)
         try:
             await self.coap.start()
         except CoapBindError as exc:
@@ -234,7 +236,7 @@ class Daemon:
             device_lost=lambda reason: self._post(AudioDeviceLost(reason)),
             device_restored=lambda: self._post(AudioDeviceRestored()),
         )
-        self.audio = self._audio_factory(settings.audio, hooks, mock_hw=self.mock_hw)
+        self.audio = open_sound(settings.audio, self.hardware.pyaudio, hooks)
         self.session = MqttSession(
             settings.broker,
             settings.username,
@@ -245,11 +247,9 @@ class Daemon:
         self._install_stop_signals(loop)
         self.dispatch(Started())
         self.session.start()
-        self._tasks.append(loop.create_task(self._start_room(), name="start-room"))
+        self._tasks.append(loop.create_task(self.plan.run(), name="start-room"))
         self._tasks.append(loop.create_task(self._watchdog(), name="watchdog"))
         self._tasks.append(loop.create_task(self._audio_counters(), name="audio-counters"))
-        if self.mock_hw:
-            self._tasks.append(loop.create_task(self._trim_mock_pins(), name="trim-pins"))
         return 0
 
     def _install_stop_signals(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -291,9 +291,8 @@ class Daemon:
         if self.coap is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.coap.close(), COAP_CLOSE_S)
-        for future in self._tickets.values():
-            future.cancel()
-        log.info("stopped; counters: %s", dict(self.counters_all()))
+        self.api.tickets.cancel_all()
+        log.info("stopped; counters: %s", dict(self.counters()))
 
     def _close_hardware(self) -> None:
         if self._timer is not None:
@@ -347,12 +346,9 @@ class Daemon:
             case StartPublishing() | StopPublishing() | SetHeard():
                 self._carry_audio(effect)
             case StatusChanged():
-                if self.coap is not None:
-                    self.coap.status_changed()
+                self.board.refresh()
             case ApiReply():
-                future = self._tickets.pop(effect.ticket, None)
-                if future is not None and not future.done():
-                    future.set_result(effect)
+                self.api.tickets.resolve(effect)
             case _:
                 assert_never(effect)
 
@@ -362,7 +358,7 @@ class Daemon:
             return
         match effect:
             case SendRequest():
-                session.send_request(effect.tag, effect.method, effect.payload)
+                session.send_request(effect.tag, effect.payload)
             case SubscribeRoom():
                 session.subscribe_room(effect.room_id)
             case UnsubscribeRoom():
@@ -382,12 +378,9 @@ class Daemon:
 
     def _after_step(self) -> None:
         self._schedule_tick()
-        status = self.machine.status(self.audio.stats() if self.audio else NO_AUDIO)
-        self.status_snapshot = status
         assert self._idle_event is not None and self._online_event is not None
         _set_flag(self._idle_event, self.machine.idle)
-        _set_flag(self._online_event, status["connection"] == "online")
-        self._report_status(status)
+        _set_flag(self._online_event, view.connection(self.machine.state) == "online")
         self._maybe_ready()
 
     def _schedule_tick(self) -> None:
@@ -406,8 +399,10 @@ class Daemon:
         self._timer_at = None
         self.dispatch(Tick())
 
-    def _report_status(self, status: dict[str, Any]) -> None:
-        line = "stopping" if self._stopping else _summary(status)
+    def _status_changed(self, status: Payload) -> None:
+        if self.coap is not None:
+            self.coap.status_changed()
+        line = "stopping" if self._stopping else summary(status)
         if line != self._status_line:
             self._status_line = line
             if not self._stopping:  # request_stop() said so already
@@ -415,7 +410,7 @@ class Daemon:
             notify(f"STATUS={line}")
 
     def _maybe_ready(self) -> None:
-        if self.ready.is_set() or not self._plan_settled or not self.machine.ready:
+        if self.ready.is_set() or not self.plan.settled or not self.machine.ready:
             return
         self.ready.set()
         elapsed = time.monotonic() - self._started_at
@@ -428,93 +423,22 @@ class Daemon:
         self.counts[f"gestures_{gesture.kind}"] += 1
         self.dispatch(gesture)
 
-    def press(self, button: ButtonName, kind: PressKind) -> tuple[str, str | None]:
-        """A gesture from the CoAP API: ``(outcome, reason)``, outcome one of
-        ``sent``, ``refused``, ``ignored`` (the button's last request is in flight)."""
-        effects = self.dispatch(Gesture(button, kind))
-        self.counts["api_presses"] += 1
-        for effect in effects:
-            if isinstance(effect, Refused):
-                return "refused", effect.reason
-        if any(isinstance(e, SendRequest) for e in effects):
-            return "sent", None
-        return "ignored", None
-
-    async def call(self, make_event: Callable[[int], Event], timeout_s: float | None) -> ApiReply:
-        """Feed ``make_event(ticket)``; await the machine's :class:`ApiReply` for it."""
-        assert self._loop is not None
-        ticket = next(self._ticket_ids)
-        future: asyncio.Future[ApiReply] = self._loop.create_future()
-        self._tickets[ticket] = future
-        try:
-            self.dispatch(make_event(ticket))
-            return await asyncio.wait_for(future, timeout_s)
-        finally:
-            self._tickets.pop(ticket, None)
-
-    def status(self) -> dict[str, Any]:
-        """The ``/status`` payload, with the audio counters of this moment."""
-        return self.machine.status(self.audio.stats() if self.audio else NO_AUDIO)
-
-    def counters_all(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
         """The daemon's and the session's counters (``/counters`` adds the API's)."""
         session = self.session.stats() if self.session is not None else {}
         return {**session, **self.counts}
 
-    def counters(self) -> dict[str, int]:
-        """:class:`~appliance.device.coap.DeviceApi`: every counter."""
-        return self.counters_all()
+    # ================================================================ the start-up plan
 
-    # ================================================================ start-up room
+    @property
+    def has_target(self) -> bool:
+        """Whether the person already wants a room (:class:`RoomPlan` stands down)."""
+        return self.machine.state.target is not None
 
-    async def _start_room(self) -> None:
-        room = self.settings.room
-        try:
-            if room.mode == "host":
-                subject = self.settings.subject
-                reply = await self.call(lambda t: CreateRequested(subject, ticket=t), None)
-                self._settle(f"hosting {subject!r}", reply)
-            elif room.mode == "join" and room.room_id:
-                room_id = room.room_id
-                reply = await self.call(lambda t: JoinRequested(room_id, ticket=t), None)
-                self._settle(f"joining {room_id}", reply)
-            elif room.mode == "join":
-                await self._join_first_open_room()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the start-up room step failed")
-            self._plan_settled = True
-
-    async def _join_first_open_room(self) -> None:
+    async def online(self) -> None:
+        """Return once the device is online (:class:`RoomPlan` waits for this)."""
         assert self._online_event is not None
-        delay = FIRST_ROOM_POLL_S
-        while self.machine.state.target is None:
-            await self._online_event.wait()
-            listed = await self.call(RoomListRequested, CALL_TIMEOUT_S)
-            room_id = _first_room(listed)
-            if room_id is not None and self.machine.state.target is None:
-                reply = await self.call(_joiner(room_id), None)
-                self._settle(f"joining the first open room {room_id}", reply)
-                if reply.code == Code.OK:
-                    return
-            elif listed.code == Code.OK and not self._plan_settled:
-                log.info("no open room yet; waiting for one")
-                self._settle_now()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_ROOM_POLL_S)
-
-    def _settle(self, what: str, reply: ApiReply) -> None:
-        if reply.code == Code.OK:
-            log.info("%s: done", what)
-        else:
-            log.warning("%s: %d %s", what, reply.code, reply.message)
-        self._settle_now()
-
-    def _settle_now(self) -> None:
-        self._plan_settled = True
-        if self._loop is not None:
-            self._maybe_ready()
+        await self._online_event.wait()
 
     # ================================================================ background
 
@@ -531,24 +455,14 @@ class Daemon:
             await asyncio.sleep(interval)
 
     async def _audio_counters(self) -> None:
-        """Refresh ``/status`` once a second while audio counters move, so Observe
-        clients see them too (per frame would be 50 notifications a second)."""
+        """Refresh ``/status`` once a second, so Observe clients see the audio counters
+        move too (per frame would be 50 notifications a second)."""
         while True:
             await asyncio.sleep(AUDIO_REPORT_S)
-            if self.audio is None:
-                continue
-            status = self.machine.status(self.audio.stats())
-            if status["audio"] != self.status_snapshot.get("audio"):
-                self.status_snapshot = status
-                if self.coap is not None:
-                    self.coap.status_changed()
+            self.board.refresh()
 
-    async def _trim_mock_pins(self) -> None:
-        from hw_mocks.gpio import trim_history  # noqa: PLC0415  # see __init__
-
-        while True:
-            await asyncio.sleep(MOCK_TRIM_S)
-            trim_history(self.pin_factory, self.pins)
+    def _audio_stats(self) -> AudioStats | None:
+        return self.audio.stats() if self.audio is not None else None
 
     def _publish_audio(self, room_id: str, frame: bytes) -> None:
         session = self.session
@@ -561,40 +475,6 @@ def _set_flag(event: asyncio.Event, value: bool) -> None:
         event.set()
     else:
         event.clear()
-
-
-def _joiner(room_id: str) -> Callable[[int], Event]:
-    """A ticketed :class:`JoinRequested` maker for ``room_id``."""
-    return lambda ticket: JoinRequested(room_id, ticket=ticket)
-
-
-def _first_room(reply: ApiReply) -> str | None:
-    if reply.code != Code.OK or reply.data is None:
-        return None
-    rooms = reply.data.get("rooms")
-    if not isinstance(rooms, list) or not rooms or not isinstance(rooms[0], dict):
-        return None
-    first: dict[str, object] = rooms[0]
-    room_id = first.get("room_id")
-    return room_id if isinstance(room_id, str) else None
-
-
-def _summary(status: dict[str, Any]) -> str:
-    """One human line: what systemd's STATUS= and the log show."""
-    connection = str(status["connection"])
-    if connection != "online":
-        return connection
-    if status["room_id"] is None:
-        return "online, no room"
-    role = status["role"] or "joining"
-    leds = status["leds"]
-    flags = [k for k in ("mic_on", "hand_raised") if status[k]]
-    if status["invitation"] is not None:
-        flags.append("invited")
-    if leds["status"] == "blink-fast":
-        flags.append("error")
-    tail = f" ({', '.join(flags)})" if flags else ""
-    return f"online, room {status['room_id']} as {role}{tail}"
 
 
 def _hard_exit() -> None:

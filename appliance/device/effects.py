@@ -25,15 +25,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from appliance.protocol.models import Request
+from appliance.protocol.models import Method, Request
 
 LedName = Literal["status", "hand", "invite", "mic"]
 LED_NAMES: tuple[LedName, ...] = ("status", "hand", "invite", "mic")
 
 LedPattern = Literal["off", "on", "blink-slow", "blink", "blink-fast"]
-"""DEVICE.md's LED patterns: blink-slow is 1 Hz, blink 2 Hz, blink-fast 5 Hz."""
+"""docs/device.md's LED patterns: blink-slow is 1 Hz, blink 2 Hz, blink-fast 5 Hz."""
 
 LED_PATTERNS: tuple[LedPattern, ...] = ("off", "on", "blink-slow", "blink", "blink-fast")
+
+BLINK_TIMES: dict[LedPattern, tuple[float, float]] = {
+    "blink-slow": (0.5, 0.5),  # 1 Hz
+    "blink": (0.25, 0.25),  # 2 Hz
+    "blink-fast": (0.1, 0.1),  # 5 Hz
+}
+"""(on, off) seconds of each blinking pattern (docs/device.md, LEDs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +62,16 @@ ALL_OFF = Leds()
 
 @dataclass(frozen=True, slots=True)
 class SendRequest:
-    """Publish ``payload`` on ``req/{me}/{method}``; answer with
+    """Publish ``payload`` on ``req/{me}/{payload.method}``; answer with
     :class:`~appliance.device.events.ResponseReceived` carrying the same ``tag``."""
 
     tag: int
-    method: str
     payload: Request
+
+    @property
+    def method(self) -> Method:
+        """The request's method."""
+        return self.payload.method
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +136,7 @@ class StatusChanged:
 class ApiReply:
     """The outcome of the CoAP request that carried ``ticket``.
 
-    ``code`` is a PROTOCOL.md response code (0 = success), or 503 (the broker link went
+    ``code`` is a docs/protocol.md response code (0 = success), or 503 (the broker link went
     down before an answer) or 504 (the server did not answer in time). ``data`` is the
     server's ``data`` on success.
     """

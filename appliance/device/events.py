@@ -14,7 +14,7 @@ from typing import Literal
 from appliance.protocol.models import InboxCommand, Response, RoomState
 
 ButtonName = Literal["raise_hand", "mute", "accept"]
-"""The three buttons, named as in DEVICE.md and the CoAP ``/buttons/{name}`` resource."""
+"""The three buttons, named as in docs/device.md and the CoAP ``/buttons/{name}`` resource."""
 
 BUTTONS: tuple[ButtonName, ...] = ("raise_hand", "mute", "accept")
 

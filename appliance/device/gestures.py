@@ -40,7 +40,7 @@ DEFAULT_LONG_PRESS_S = 1.5
 
 @dataclass(frozen=True, slots=True)
 class GestureTiming:
-    """Debounce window and hold time (DEVICE.md: 1.5 s; ``gpio`` config section)."""
+    """Debounce window and hold time (docs/device.md: 1.5 s; ``gpio`` config section)."""
 
     debounce_s: float = DEFAULT_DEBOUNCE_S
     long_press_s: float = DEFAULT_LONG_PRESS_S
@@ -137,7 +137,7 @@ class ButtonGestures:
 
 
 class GestureDetector:
-    """Gestures of several buttons (by default DEVICE.md's three) with one deadline."""
+    """Gestures of several buttons (by default docs/device.md's three) with one deadline."""
 
     def __init__(
         self, timing: GestureTiming | None = None, buttons: Iterable[ButtonName] = BUTTONS

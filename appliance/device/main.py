@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from appliance.audio.devices import PyAudioModule
+    from appliance.device.daemon import Hardware
     from appliance.device.settings import AudioSettings
 
 STARTED_AT = time.monotonic()
@@ -99,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _audio_command(args: argparse.Namespace) -> int:
     from appliance.audio import check
-    from appliance.audio.port import pyaudio_module
     from appliance.device.settings import DEFAULT_CONFIG_PATH, ApplianceSettings
     from appliance.settings import ConfigError
 
@@ -111,9 +112,8 @@ def _audio_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG
-    try:
-        module = pyaudio_module(audio, args.mock_hw)
-    except ImportError:
+    module = pyaudio_for(audio, mock_hw=args.mock_hw)
+    if module is None:
         print(f"{PROG}: PyAudio is not installed", file=sys.stderr)
         return 69  # EX_UNAVAILABLE
     if args.command == "audio-devices":
@@ -179,8 +179,39 @@ def _run(path: Path | None, *, mock_hw: bool, verbose: bool) -> int:
 
     from appliance.device.daemon import Daemon
 
-    daemon = Daemon(settings, mock_hw=mock_hw, started_at=STARTED_AT)
+    parts = hardware(settings.audio, mock_hw=mock_hw)
+    daemon = Daemon(settings, hardware=parts, started_at=STARTED_AT)
     return asyncio.run(daemon.run())
+
+
+def hardware(audio: AudioSettings, *, mock_hw: bool) -> Hardware:
+    """The parts the daemon drives: the Pi's pins and ALSA, or with ``mock_hw`` the
+    stand-ins of ``appliance.hw_mocks`` (loaded only then, never on a real Pi)."""
+    from appliance.device.daemon import Hardware
+
+    if not mock_hw:
+        return Hardware(pin_factory=None, pyaudio=pyaudio_for(audio, mock_hw=False))
+    from appliance.hw_mocks.gpio import mock_factory
+
+    return Hardware(pin_factory=mock_factory(), pyaudio=pyaudio_for(audio, mock_hw=True))
+
+
+def pyaudio_for(audio: AudioSettings, *, mock_hw: bool) -> PyAudioModule | None:
+    """The real ``pyaudio`` module (None if not installed), or the stand-in sound card
+    the ``audio.mock_*`` settings describe."""
+    if mock_hw:
+        from appliance.hw_mocks.audio import mock_pyaudio
+
+        card: PyAudioModule = mock_pyaudio(
+            audio.mock_input, audio.mock_output, audio.mock_unplug_file
+        )
+        return card
+    from appliance.audio.devices import load_pyaudio
+
+    try:
+        return load_pyaudio()
+    except ImportError:
+        return None
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -9,7 +9,7 @@ default (``None``) lets gpiozero pick the Pi's real pins; tests and ``--mock-hw`
   monotonic clock, to the shell's ``on_edge`` callable, and debounced by
   :mod:`appliance.device.gestures`. ``on_edge`` runs on gpiozero's thread: hand it
   over to the event loop (:func:`threadsafe` or :class:`GestureFeed` do that).
-* LEDs show DEVICE.md's patterns with gpiozero's background ``blink``; a refusal
+* LEDs show docs/device.md's patterns with gpiozero's background ``blink``; a refusal
   flashes the status LED twice and then shows its current pattern again.
 """
 
@@ -24,19 +24,12 @@ from typing import Any
 
 from gpiozero import LED, Button
 
-from appliance.device.effects import LED_NAMES, LedName, LedPattern, Leds
+from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName, LedPattern, Leds
 from appliance.device.events import BUTTONS, ButtonName, Gesture
 from appliance.device.gestures import GestureDetector
 
 EdgeSink = Callable[[ButtonName, bool, float], None]
 """Receives ``(button, pressed, monotonic_time)`` for every raw edge."""
-
-BLINK_TIMES: dict[LedPattern, tuple[float, float]] = {
-    "blink-slow": (0.5, 0.5),  # 1 Hz
-    "blink": (0.25, 0.25),  # 2 Hz
-    "blink-fast": (0.1, 0.1),  # 5 Hz
-}
-"""(on, off) seconds of each blinking pattern."""
 
 GPIOZERO_HOLD_S = 0.01
 FLASHES = 2
@@ -46,7 +39,7 @@ DEFAULT_FLASH_S = 0.15
 
 @dataclass(frozen=True, slots=True)
 class PanelPins:
-    """BCM pin numbers (DEVICE.md defaults; the ``gpio`` config section overrides)."""
+    """BCM pin numbers (docs/device.md defaults; the ``gpio`` config section overrides)."""
 
     raise_hand: int = 17
     mute: int = 27

@@ -159,7 +159,7 @@ class MqttSession:
         """Whether the network thread runs (the watchdog checks it)."""
         return self._thread.is_alive()
 
-    def send_request(self, tag: int, method: str, payload: Request) -> None:
+    def send_request(self, tag: int, payload: Request) -> None:
         """Publish a request (QoS 1) whose answer comes back as ``ResponseReceived(tag)``."""
         if not self._link_up:
             # The machine already has (or is about to get) the Disconnected that
@@ -171,6 +171,7 @@ class MqttSession:
             response_topic=self._resp_topic, correlation=self._correlation(tag)
         )
         client = self._client
+        method = payload.method
         info = client.publish(topics.request(self.user_id, method), body, 1, False, props)
         self._wake()
         if info.rc != paho.MQTT_ERR_SUCCESS:

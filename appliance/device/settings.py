@@ -1,4 +1,4 @@
-"""The appliance's configuration (``config/appliance.toml``; DEVICE.md "Configuration").
+"""The appliance's configuration (``config/appliance.toml``; docs/device.md "Configuration").
 
 One TOML file, default :data:`DEFAULT_CONFIG_PATH`, every key overridable by
 ``GOCHAT_<SECTION>__<KEY>`` (e.g. ``GOCHAT_DEVICE__USER_ID``, ``GOCHAT_COAP__PORT``).
@@ -6,7 +6,7 @@ One TOML file, default :data:`DEFAULT_CONFIG_PATH`, every key overridable by
 line naming the key and the reason; the entry point turns it into exit status 78.
 
 Identity: the device's ``user_id`` is its broker username and its MQTT client id
-(PROTOCOL.md section 1), so ``broker.username`` may be left empty (it then defaults to
+(docs/protocol.md section 1), so ``broker.username`` may be left empty (it then defaults to
 the user id) but must not name anyone else.
 """
 
@@ -20,6 +20,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from appliance.audio.config import AudioConfig
 from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
 from appliance.settings import BrokerSettings, ConfigError, FileSettings, Section
 
@@ -73,7 +74,7 @@ class RoomSettings(Section):
 
 
 class GpioSettings(Section):
-    """BCM pin numbers (DEVICE.md defaults), debounce and hold time."""
+    """BCM pin numbers (docs/device.md defaults), debounce and hold time."""
 
     button_raise_hand: int = Field(default=17, ge=0, le=BCM_MAX)
     button_mute: int = Field(default=27, ge=0, le=BCM_MAX)
@@ -90,26 +91,11 @@ class GpioSettings(Section):
         return {k: v for k, v in self.model_dump().items() if k.startswith(("button_", "led_"))}
 
 
-class AudioSettings(Section):
-    """Voice: ALSA devices, the encoder profile and the jitter buffer's bounds."""
+class AudioSettings(AudioConfig):
+    """The ``[audio]`` section: the audio engine's own configuration
+    (:class:`~appliance.audio.config.AudioConfig`) plus the stand-in sound card's keys,
+    which only ``--mock-hw`` reads."""
 
-    input_device: str = Field(default="default", min_length=1)
-    """ALSA capture device name (``gochat-appliance audio-devices`` lists them)."""
-    output_device: str = Field(default="default", min_length=1)
-    """ALSA playback device name."""
-    profile: Literal["default", "low-cpu"] = "default"
-    """``default``: 48 kHz, 20 ms packets; ``low-cpu``: 16 kHz, 40 ms, low complexity."""
-    bitrate: int | None = Field(default=None, ge=6_000, le=128_000)
-    """Opus bitrate, bits per second (default: 24000, or 16000 for ``low-cpu``)."""
-    dtx: bool = False
-    """Send nothing during silence (receivers play it as silence, not as loss). Off by
-    default: each talk spurt after DTX silence costs ~13 ms more mouth-to-ear latency
-    (measured), for less traffic while nobody speaks."""
-    jitter_min_packets: int = Field(default=1, ge=1, le=10)
-    jitter_max_packets: int = Field(default=3, ge=1, le=10)
-    """The jitter buffer's target depth adapts between these (in packets)."""
-    jitter_cap_ms: int = Field(default=200, ge=60, le=1_000)
-    """Hard cap on buffered audio per speaker; older packets are dropped beyond it."""
     mock_input: str = "silence"
     """With ``--mock-hw``: what the microphone hears: ``silence``, ``tone:440``, a WAV
     file (played once) or ``loop:FILE.wav``."""
@@ -130,18 +116,9 @@ class AudioSettings(Section):
             raise ValueError(f"no such file: {path}")
         return value
 
-    @model_validator(mode="after")
-    def _jitter_bounds(self) -> Self:
-        if self.jitter_min_packets > self.jitter_max_packets:
-            raise _error(
-                ("jitter_min_packets",), self.jitter_min_packets,
-                "must not exceed jitter_max_packets",
-            )  # fmt: skip
-        return self
-
 
 class CoapSettings(Section):
-    """The local API: UDP address and port (DEVICE.md: 127.0.0.1:5683)."""
+    """The local API: UDP address and port (docs/device.md: 127.0.0.1:5683)."""
 
     bind: str = "127.0.0.1"
     port: int = Field(default=5683, ge=1, le=65535)

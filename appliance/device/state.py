@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from appliance.device.effects import ALL_OFF, Leds
 from appliance.device.events import ButtonName
-from appliance.protocol.models import Request, RoomState
+from appliance.protocol.models import Method, Request, RoomState
 
 Link = Literal["down", "trying", "up"]
 """The MQTT connection: ``trying`` covers the first attempt and every reconnect."""
@@ -31,7 +31,7 @@ def _empty() -> Mapping[Any, Any]:
 
 
 class Fault(StrEnum):
-    """Errors the status LED shows as a fast blink (DEVICE.md)."""
+    """Errors the status LED shows as a fast blink (docs/device.md)."""
 
     BROKER_REFUSED = "broker_refused"
     """The broker refused the connection; cleared by the next successful connection."""
@@ -101,12 +101,16 @@ class Session:
 class Pending:
     """A request in flight: who asked (a button, a CoAP ticket, or the machine itself)."""
 
-    method: str
     payload: Request
     sent_at: float
     button: ButtonName | None = None
     ticket: int | None = None
     retried: bool = False
+
+    @property
+    def method(self) -> Method:
+        """The request's method (its payload's type says it)."""
+        return self.payload.method
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,40 +8,14 @@ the buttons.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from appliance.audio.port import NO_AUDIO, AudioStats
 from appliance.device.effects import ALL_OFF, LedPattern, Leds
 from appliance.device.state import DeviceState, JoinTarget
-from appliance.protocol.models import Member, Role, SetUserInfoRequest
+from appliance.protocol.models import Member, Method, Role, SetUserInfoRequest
 
 Connection = Literal["offline", "connecting", "online"]
-
-
-class AudioCounters(Protocol):
-    """The audio module's counters, as ``/status`` shows them (any object with these)."""
-
-    @property
-    def frames_sent(self) -> int: ...
-    @property
-    def frames_received(self) -> int: ...
-    @property
-    def frames_concealed(self) -> int: ...
-    @property
-    def jitter_ms(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AudioStats:
-    """A plain :class:`AudioCounters` (zeros by default, e.g. before audio starts)."""
-
-    frames_sent: int = 0
-    frames_received: int = 0
-    frames_concealed: int = 0
-    jitter_ms: float = 0.0
-
-
-NO_AUDIO = AudioStats()
 
 
 def connection(s: DeviceState) -> Connection:
@@ -125,7 +99,7 @@ def oldest_uninvited_hand(s: DeviceState) -> str | None:
 
 
 def leds(s: DeviceState) -> Leds:
-    """The four LED patterns (DEVICE.md's LED table)."""
+    """The four LED patterns (docs/device.md's LED table)."""
     if not s.running:
         return ALL_OFF
     status = _status_led(s)
@@ -171,7 +145,7 @@ def publishing(s: DeviceState) -> bool:
 
 def _mic_off_pending(s: DeviceState) -> bool:
     for p in s.pending.values():
-        if p.method == "quit_room":
+        if p.method is Method.QUIT_ROOM:
             return True
         payload = p.payload
         if (
@@ -197,8 +171,8 @@ def subscription(s: DeviceState) -> str | None:
     return room_id(s)
 
 
-def status(s: DeviceState, audio: AudioCounters = NO_AUDIO) -> dict[str, Any]:
-    """The CoAP ``/status`` payload, exactly DEVICE.md's shape."""
+def status(s: DeviceState, audio: AudioStats | None = None) -> dict[str, Any]:
+    """The CoAP ``/status`` payload (docs/device.md); ``audio``: the engine's counters."""
     role = my_role(s)
     return {
         "connection": connection(s),
@@ -211,12 +185,7 @@ def status(s: DeviceState, audio: AudioCounters = NO_AUDIO) -> dict[str, Any]:
             s.invitation.as_status() if invitation_waiting(s) and s.invitation is not None else None
         ),
         "leds": leds(s).as_dict(),
-        "audio": {
-            "frames_sent": audio.frames_sent,
-            "frames_received": audio.frames_received,
-            "frames_concealed": audio.frames_concealed,
-            "jitter_ms": audio.jitter_ms,
-        },
+        "audio": (audio or NO_AUDIO).as_status(),
     }
 
 
@@ -255,4 +224,4 @@ def _waiting_to_retry(s: DeviceState) -> bool:
     return s.session is None or (s.target is not None and s.joined is None)
 
 
-_RETRIED = frozenset({"login", "login_room", "create_room", "quit_room"})
+_RETRIED = frozenset({Method.LOGIN, Method.LOGIN_ROOM, Method.CREATE_ROOM, Method.QUIT_ROOM})

@@ -1,4 +1,4 @@
-"""The audio frame codec (PROTOCOL.md section 6).
+"""The audio frame codec (docs/protocol.md section 7).
 
 One MQTT message carries one Opus packet behind an 8-byte header::
 

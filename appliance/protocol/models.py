@@ -1,4 +1,4 @@
-"""Pydantic models of every wire shape (PROTOCOL.md sections 3-5).
+"""Pydantic models of every wire shape (docs/protocol.md sections 3-6).
 
 Two families:
 
@@ -11,7 +11,7 @@ Two families:
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -30,7 +30,7 @@ RoomId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Code(IntEnum):
-    """Response codes (PROTOCOL.md section 3)."""
+    """Response codes (docs/protocol.md section 3)."""
 
     OK = 0
     BAD_REQUEST = 400
@@ -51,6 +51,24 @@ class Role(StrEnum):
     LISTENER = "listener"
 
 
+class Method(StrEnum):
+    """Every request method (docs/protocol.md section 4); the last topic level of a request."""
+
+    LOGIN = "login"
+    LOGOUT = "logout"
+    HEARTBEAT = "heartbeat"
+    GET_ROOM_LIST = "get_room_list"
+    CREATE_ROOM = "create_room"
+    LOGIN_ROOM = "login_room"
+    QUIT_ROOM = "quit_room"
+    CLOSE_ROOM = "close_room"
+    GET_ATTENDEE_LIST = "get_attendee_list"
+    OPERATE_RAISE_HAND = "operate_raise_hand"
+    INVITE_ONSTAGE = "invite_onstage"
+    RESPONSE_ONSTAGE_INVITE = "response_onstage_invite"
+    SET_USER_INFO = "set_user_info"
+
+
 class Received(BaseModel):
     """Base of everything a client receives: unknown fields are ignored."""
 
@@ -58,9 +76,15 @@ class Received(BaseModel):
 
 
 class Request(BaseModel):
-    """Base of every request payload: strict, unknown fields rejected."""
+    """Base of every request payload: strict, unknown fields rejected.
+
+    Each method has its own class, which knows its :class:`Method`: a request value
+    says by its type what it asks for, from the device's state machine to the server's
+    dispatch table.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    method: ClassVar[Method]
 
 
 # ---------------------------------------------------------------- shapes (section 4)
@@ -141,74 +165,96 @@ class RoomState(Received):
 
 
 class LoginRequest(Request):
+    method = Method.LOGIN
     name: str = Field(min_length=1, max_length=32)
 
 
-class EmptyRequest(Request):
-    """``logout`` and ``heartbeat`` carry nothing."""
+class LogoutRequest(Request):
+    """``logout`` carries nothing."""
+
+    method = Method.LOGOUT
+
+
+class HeartbeatRequest(Request):
+    """``heartbeat`` carries nothing."""
+
+    method = Method.HEARTBEAT
 
 
 class GetRoomListRequest(Request):
+    method = Method.GET_ROOM_LIST
     cursor: str | None = Field(default=None, max_length=128)
     page_size: int = Field(default=20, ge=1, le=100)
 
 
 class CreateRoomRequest(Request):
+    method = Method.CREATE_ROOM
     subject: str = Field(min_length=1, max_length=64)
     max_seats: int = Field(default=8, ge=2, le=16)
 
 
 class RoomRequest(Request):
-    """``login_room``, ``quit_room`` and ``close_room``: a room id only."""
+    """Base of the requests that name a room only."""
 
     room_id: RoomId
 
 
+class LoginRoomRequest(RoomRequest):
+    method = Method.LOGIN_ROOM
+
+
+class QuitRoomRequest(RoomRequest):
+    method = Method.QUIT_ROOM
+
+
+class CloseRoomRequest(RoomRequest):
+    method = Method.CLOSE_ROOM
+
+
 class GetAttendeeListRequest(Request):
+    method = Method.GET_ATTENDEE_LIST
     room_id: RoomId
     cursor: str | None = Field(default=None, max_length=128)
     page_size: int = Field(default=50, ge=1, le=200)
 
 
 class OperateRaiseHandRequest(Request):
+    method = Method.OPERATE_RAISE_HAND
     room_id: RoomId
     raise_: bool = Field(alias="raise")
     user_id: UserId | None = None
 
 
 class InviteOnstageRequest(Request):
+    method = Method.INVITE_ONSTAGE
     room_id: RoomId
     user_id: UserId
 
 
 class ResponseOnstageInviteRequest(Request):
+    method = Method.RESPONSE_ONSTAGE_INVITE
     room_id: RoomId
     invitation_id: str = Field(min_length=1, max_length=64)
     accept: bool
 
 
 class SetUserInfoRequest(Request):
+    method = Method.SET_USER_INFO
     room_id: RoomId
     user_id: UserId
     role: Role | None = None
     mic_on: bool | None = None
 
 
-METHODS: dict[str, type[Request]] = {
-    "login": LoginRequest,
-    "logout": EmptyRequest,
-    "heartbeat": EmptyRequest,
-    "get_room_list": GetRoomListRequest,
-    "create_room": CreateRoomRequest,
-    "login_room": RoomRequest,
-    "quit_room": RoomRequest,
-    "close_room": RoomRequest,
-    "get_attendee_list": GetAttendeeListRequest,
-    "operate_raise_hand": OperateRaiseHandRequest,
-    "invite_onstage": InviteOnstageRequest,
-    "response_onstage_invite": ResponseOnstageInviteRequest,
-    "set_user_info": SetUserInfoRequest,
-}
+_REQUEST_MODELS: tuple[type[Request], ...] = (
+    LoginRequest, LogoutRequest, HeartbeatRequest, GetRoomListRequest, CreateRoomRequest,
+    LoginRoomRequest, QuitRoomRequest, CloseRoomRequest, GetAttendeeListRequest,
+    OperateRaiseHandRequest, InviteOnstageRequest, ResponseOnstageInviteRequest,
+    SetUserInfoRequest,
+)  # fmt: skip
+METHODS: dict[Method, type[Request]] = {model.method: model for model in _REQUEST_MODELS}
+"""The request model of every method."""
+_METHOD_NAMES = frozenset(Method)
 
 
 class BadRequestError(ValueError):
@@ -220,9 +266,9 @@ def parse_request(method: str, payload: bytes) -> Request:
 
     Raises :class:`BadRequestError` with a message that names the offending field.
     """
-    model = METHODS.get(method)
-    if model is None:
+    if method not in _METHOD_NAMES:
         raise BadRequestError(f"unknown method: {method[:64]}")
+    model = METHODS[Method(method)]
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:

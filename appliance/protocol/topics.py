@@ -1,4 +1,4 @@
-"""Topic builders and parsers for ``gochat/v1`` (PROTOCOL.md section 2).
+"""Topic builders and parsers for ``gochat/v1`` (docs/protocol.md section 2).
 
 Every topic the system uses is built here, and every topic it receives is parsed
 here, so a typo cannot create a second, silently different wire shape.

@@ -241,7 +241,7 @@ class Server:
             self.counters["malformed"] += 1
             return envelope(Code.BAD_REQUEST, str(exc), None)
         try:
-            outcome = self.service.handle(user_id, method, request, now)
+            outcome = self.service.handle(user_id, request, now)
         except Exception:
             request_id = uuid.uuid4().hex[:12]
             self.counters["internal_errors"] += 1

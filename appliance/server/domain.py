@@ -51,7 +51,7 @@ class MemberRecord:
         return self.role is not Role.LISTENER
 
     def to_wire(self) -> Member:
-        """The member as PROTOCOL.md section 4 shows it."""
+        """The member as docs/protocol.md section 5 shows it."""
         return Member(
             user_id=self.user_id,
             name=self.name,

@@ -1,4 +1,4 @@
-"""The room rules of PROTOCOL.md sections 3 and 5: pure code on an injected clock.
+"""The room rules of docs/protocol.md sections 4 and 6: pure code on an injected clock.
 
 :class:`RoomService` holds every session, room, member and invitation in memory and
 changes them only through :meth:`RoomService.handle` (one request) and
@@ -73,7 +73,7 @@ class Dirty:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Timings of PROTOCOL.md; tests may shorten them."""
+    """Timings of docs/protocol.md; tests may shorten them."""
 
     heartbeat_interval_s: int = m.HEARTBEAT_INTERVAL_S
     session_ttl_s: int = m.SESSION_TTL_S
@@ -94,31 +94,31 @@ class RoomService:
         self.dirty = Dirty()
         self._out = Outcome()
         self._now = 0.0
-        self._handlers: dict[str, Callable[[str, m.Request], BaseModel]] = {
-            "login": self._login,
-            "logout": self._logout,
-            "heartbeat": self._heartbeat,
-            "get_room_list": self._get_room_list,
-            "create_room": self._create_room,
-            "login_room": self._login_room,
-            "quit_room": self._quit_room,
-            "close_room": self._close_room,
-            "get_attendee_list": self._get_attendee_list,
-            "operate_raise_hand": self._operate_raise_hand,
-            "invite_onstage": self._invite_onstage,
-            "response_onstage_invite": self._response_onstage_invite,
-            "set_user_info": self._set_user_info,
+        self._handlers: dict[m.Method, Callable[[str, m.Request], BaseModel]] = {
+            m.Method.LOGIN: self._login,
+            m.Method.LOGOUT: self._logout,
+            m.Method.HEARTBEAT: self._heartbeat,
+            m.Method.GET_ROOM_LIST: self._get_room_list,
+            m.Method.CREATE_ROOM: self._create_room,
+            m.Method.LOGIN_ROOM: self._login_room,
+            m.Method.QUIT_ROOM: self._quit_room,
+            m.Method.CLOSE_ROOM: self._close_room,
+            m.Method.GET_ATTENDEE_LIST: self._get_attendee_list,
+            m.Method.OPERATE_RAISE_HAND: self._operate_raise_hand,
+            m.Method.INVITE_ONSTAGE: self._invite_onstage,
+            m.Method.RESPONSE_ONSTAGE_INVITE: self._response_onstage_invite,
+            m.Method.SET_USER_INFO: self._set_user_info,
         }
 
     # ------------------------------------------------------------ entry points
 
-    def handle(self, user_id: str, method: str, request: m.Request, now: float) -> Outcome:
+    def handle(self, user_id: str, request: m.Request, now: float) -> Outcome:
         """Apply one validated request from ``user_id`` (taken from the topic)."""
         self._begin(now)
         try:
-            if method != "login":
+            if request.method is not m.Method.LOGIN:
                 self._touch(user_id)
-            self._out.data = self._handlers[method](user_id, request)
+            self._out.data = self._handlers[request.method](user_id, request)
         except RefusedError as fail:
             self._out.code, self._out.message = fail.code, fail.message
         return self._finish()

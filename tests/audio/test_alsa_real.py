@@ -20,9 +20,10 @@ import pyaudio
 import pytest
 
 from appliance.audio import check, tone
-from appliance.audio.engine import AudioConfig, AudioEngine
+from appliance.audio.config import AudioConfig
+from appliance.audio.engine import AudioEngine
 from appliance.audio.opus import Decoder
-from appliance.device.audio_port import AudioHooks
+from appliance.audio.port import AudioHooks
 from appliance.protocol import frames
 
 pytestmark = pytest.mark.alsa

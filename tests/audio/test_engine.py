@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from appliance.hw_mocks.audio import mock_pyaudio, read_wav_mono
 
-from appliance.audio.engine import AudioConfig, AudioEngine
+from appliance.audio.config import AudioConfig
+from appliance.audio.engine import AudioEngine
+from appliance.audio.port import AudioHooks
 from appliance.audio.tone import dominant_frequency, rms
-from appliance.device.audio_port import AudioHooks
 from appliance.protocol import frames
-from hw_mocks.audio import mock_pyaudio, read_wav_mono
 
 ROOM = "room1"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from appliance.hw_mocks import audio as mock
+from appliance.hw_mocks.audio import MockHardware, MockPyAudio
 
 from appliance.audio import tone
-from hw_mocks import audio as mock
-from hw_mocks.audio import MockHardware, MockPyAudio
 
 RATE = 48_000
 BLOCK = 960  # 20 ms

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from device_harness import FakeClock
-from support import Broker
-from support.device import CoapClient, DaemonProcess, InProcessDaemon
-from support.gochat import RunningServer
+from appliance.hw_mocks.gpio import mock_factory
+from rig import FakeClock
 
-from hw_mocks.gpio import mock_factory
+from testbed import Broker
+from testbed.daemons import CoapClient, DaemonProcess, InProcessDaemon
+from testbed.server import RunningServer
 
 
 @pytest.fixture

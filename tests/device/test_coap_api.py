@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support.device import CoapClient, InProcessDaemon
-from support.gochat import RunningServer
 
 from appliance.device.coap import coap_code
 from appliance.device.machine import BROKER_REFUSED, LINK_LOST, TIMEOUT
+from testbed.daemons import CoapClient, InProcessDaemon
+from testbed.server import RunningServer
 
 STATUS_KEYS = {
     "connection",

@@ -6,13 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from appliance.hw_mocks.gpio import HISTORY_KEEP, timeline
 from gpiozero import LED
 
-from appliance.device.daemon import _first_room, _summary, machine_config, panel_pins
+from appliance.device.daemon import machine_config, panel_pins
 from appliance.device.effects import ApiReply
 from appliance.device.panel import PanelPins
 from appliance.device.settings import ApplianceSettings
-from hw_mocks.gpio import led_pin, timeline, trim_history
+from appliance.device.startup import first_room as _first_room
+from appliance.device.status import summary as _summary
+from testbed.leds import led_pin
 
 
 def settings(**sections: dict[str, Any]) -> ApplianceSettings:
@@ -87,16 +90,15 @@ def test_the_status_line_for_logs_and_systemd(changes: dict[str, Any], line: str
     assert _summary(status(**changes)) == line
 
 
-def test_trimming_a_blinking_pin_keeps_its_recent_history(factory: Any) -> None:
+def test_a_blinking_pin_keeps_a_bounded_recent_history(factory: Any) -> None:
     led = LED(PanelPins().status, pin_factory=factory)
     pin = led_pin(factory, "status")
+    changed_at = []
     for _ in range(600):
         led.toggle()
-    before = timeline(pin)
-    trim_history(factory, keep=100)
+        changed_at.append(pin._last_change)
     after = timeline(pin)
-    assert len(pin.states) == 100
-    assert after == before[-100:]  # same absolute times: nothing recent is lost
-    trim_history(factory, keep=100)
-    assert len(pin.states) == 100  # short histories are left alone
+    assert HISTORY_KEEP <= len(pin.states) <= 2 * HISTORY_KEEP
+    # Same absolute times as the latest changes: nothing recent is lost.
+    assert [c.at for c in after] == pytest.approx(changed_at[-len(after) :], abs=1e-6)
     led.close()

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import Broker
-from support.device import CoapClient, InProcessDaemon, expect_leds, wait_until
-from support.gochat import RunningServer, connect
+from appliance.hw_mocks.audio import read_wav_mono
 
 from appliance.audio.opus import Encoder
 from appliance.audio.tone import ToneGenerator, dominant_frequency, rms
 from appliance.protocol import topics
 from appliance.protocol.frames import AudioFrame
-from hw_mocks.audio import read_wav_mono
+from testbed import Broker
+from testbed.daemons import CoapClient, InProcessDaemon, expect_leds, wait_until
+from testbed.server import RunningServer, connect
 
 IN_ROOM_MIC = {"status": "on", "hand": "off", "invite": "off", "mic": "on"}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from support import Broker
-from support.device import InProcessDaemon, expect_leds, wait_until
-from support.gochat import RunningServer
+from testbed import Broker
+from testbed.daemons import InProcessDaemon, expect_leds, wait_until
+from testbed.server import RunningServer
 
 HOST = {"status": "on", "hand": "off", "invite": "off", "mic": "on"}
 SPEAKER_MUTED = {"status": "on", "hand": "off", "invite": "off", "mic": "off"}

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from support.device import CoapClient, DaemonProcess, InProcessDaemon, expect_leds, wait_until
-from support.gochat import RunningServer
+from testbed.daemons import CoapClient, DaemonProcess, InProcessDaemon, expect_leds, wait_until
+from testbed.server import RunningServer
 
 OFF = {"status": "on", "hand": "off", "invite": "off", "mic": "off"}
 """In the room, nothing else lit: a listener (or a muted speaker)."""

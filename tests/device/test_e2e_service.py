@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Broker, MqttClientFactory
-from support.broker import SHIPPED_ACL
-from support.device import CoapClient, DaemonProcess, InProcessDaemon, expect_leds, wait_until
-from support.gochat import REPO_ROOT, RunningServer
+from appliance.hw_mocks import gpio
 
 from appliance.protocol import topics
-from hw_mocks import gpio
+from testbed import Broker, MqttClientFactory
+from testbed.broker import SHIPPED_ACL
+from testbed.daemons import CoapClient, DaemonProcess, InProcessDaemon, expect_leds, wait_until
+from testbed.server import REPO_ROOT, RunningServer
 
 OBSERVER = "zz-presence-observer"
 EXAMPLE = REPO_ROOT / "config" / "appliance.toml"

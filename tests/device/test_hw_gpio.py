@@ -5,20 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from device_harness import FakeClock
-from gpiozero import LED, Button
-
-from hw_mocks.gpio import (
-    STEADY_S,
+from appliance.hw_mocks.gpio import (
     Change,
     bounce_burst,
     bouncy_press,
-    button_pin,
-    classify_changes,
-    led_pin,
     press,
     release,
     timeline,
+)
+from gpiozero import LED, Button
+from rig import FakeClock
+
+from testbed.leds import (
+    STEADY_S,
+    button_pin,
+    classify_changes,
+    led_pin,
 )
 
 

@@ -1,8 +1,8 @@
-"""DEVICE.md's button table, row by row, on the pure state machine."""
+"""docs/device.md's button table, row by row, on the pure state machine."""
 
 from __future__ import annotations
 
-from device_harness import (
+from rig import (
     HOST,
     ME,
     Rig,

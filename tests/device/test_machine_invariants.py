@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from device_harness import HOST, ME, Rig, member, room, wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rig import HOST, ME, Rig, member, room, wire
 
 from appliance.device import view
 from appliance.device.effects import SendRequest, SetLeds, StartPublishing, StopPublishing

@@ -1,8 +1,8 @@
-"""DEVICE.md's LED table on the pure state machine: every LED follows the server."""
+"""docs/device.md's LED table on the pure state machine: every LED follows the server."""
 
 from __future__ import annotations
 
-from device_harness import (
+from rig import (
     HOST,
     ME,
     SPEAKER,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from device_harness import (
+from rig import (
     HOST,
     ME,
     SPEAKER,
@@ -53,7 +53,7 @@ def test_login_then_join_subscribes_and_answers_the_ticket() -> None:
     effects = rig.send(JoinRequested("r-1", ticket=7))
     assert of_type(effects, SubscribeRoom) == [SubscribeRoom("r-1")]
     [req] = requests(effects)
-    assert (req.method, req.payload) == ("login_room", m.RoomRequest(room_id="r-1"))
+    assert (req.method, req.payload) == ("login_room", m.LoginRoomRequest(room_id="r-1"))
     effects = rig.answer_join(room(1))
     [reply] = replies(effects)
     assert (reply.ticket, reply.code) == (7, 0)
@@ -112,7 +112,7 @@ def test_switching_rooms_quits_the_old_one_first_and_resets_versions() -> None:
     rig.push(room(40))
     effects = rig.send(JoinRequested("r-2"))
     [quit_req] = requests(effects)
-    assert quit_req.payload == m.RoomRequest(room_id="r-1")
+    assert quit_req.payload == m.QuitRoomRequest(room_id="r-1")
     effects = rig.answer(quit_req, {})
     assert of_type(effects, UnsubscribeRoom) == [UnsubscribeRoom("r-1")]
     assert of_type(effects, SubscribeRoom) == [SubscribeRoom("r-2")]
@@ -143,7 +143,7 @@ def test_leave_quits_the_room_and_answers_after_the_server() -> None:
     rig = speaker_rig()
     effects = rig.send(LeaveRequested(ticket=8))
     [req] = requests(effects)
-    assert req.payload == m.RoomRequest(room_id="r-1")
+    assert req.payload == m.QuitRoomRequest(room_id="r-1")
     assert of_type(effects, StopPublishing)
     assert not replies(effects)
     effects = rig.answer(req, {})
@@ -218,7 +218,7 @@ def test_connection_lost_blinks_slowly_and_rejoins_on_reconnect() -> None:
     effects = rig.answer(rig.pending("login"), LOGIN_DATA)
     assert of_type(effects, SubscribeRoom) == [SubscribeRoom("r-1")]
     [req] = requests(effects)
-    assert req.payload == m.RoomRequest(room_id="r-1")
+    assert req.payload == m.LoginRoomRequest(room_id="r-1")
     effects = rig.answer_join(room(7, [member(HOST, Role.HOST), member(ME, Role.SPEAKER)]))
     assert rig.leds == Leds(status="on", mic="on")
     assert of_type(effects, StartPublishing)
@@ -272,7 +272,7 @@ def test_a_heartbeat_in_a_room_we_left_while_offline_quits_it() -> None:
     rig.answer(rig.pending("login"), LOGIN_DATA)
     [hb] = requests(rig.advance(10))
     [quit_req] = requests(rig.answer(hb, {"room_id": "r-1", "room_version": 3}))
-    assert quit_req.payload == m.RoomRequest(room_id="r-1")
+    assert quit_req.payload == m.QuitRoomRequest(room_id="r-1")
 
 
 def test_a_malformed_success_answer_is_treated_as_an_error() -> None:
@@ -346,7 +346,7 @@ def test_stop_leaves_the_room_turns_everything_off_and_waits_for_the_answer() ->
     rig = speaker_rig()
     effects = rig.send(StopRequested())
     [req] = requests(effects)
-    assert req.payload == m.RoomRequest(room_id="r-1")
+    assert req.payload == m.QuitRoomRequest(room_id="r-1")
     assert of_type(effects, StopPublishing)
     assert rig.leds == Leds()
     assert not view.is_idle(rig.state)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from device_harness import ME, Rig, listener_rig, member, of_type, refused, replies, requests, room
+from rig import ME, Rig, listener_rig, member, of_type, refused, replies, requests, room
 
 from appliance.device import view
 from appliance.device.effects import ApiReply, SendRequest

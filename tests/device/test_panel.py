@@ -11,24 +11,26 @@ import time
 from typing import Any
 
 import pytest
-from device_harness import FakeClock
-from gpiozero.exc import PinInvalidPin
-
-from appliance.device.effects import LED_NAMES, Leds
-from appliance.device.events import ButtonName, Gesture
-from appliance.device.gestures import GestureDetector, GestureTiming
-from appliance.device.panel import GestureFeed, Panel, PanelPins, threadsafe
-from hw_mocks.gpio import (
+from appliance.hw_mocks.gpio import (
     bounce_burst,
     bouncy_press,
-    button_pin,
-    classify,
-    led_pin,
     long_press,
     press,
     release,
     short_press,
     timeline,
+)
+from gpiozero.exc import PinInvalidPin
+from rig import FakeClock
+
+from appliance.device.effects import LED_NAMES, Leds
+from appliance.device.events import ButtonName, Gesture
+from appliance.device.gestures import GestureDetector, GestureTiming
+from appliance.device.panel import GestureFeed, Panel, PanelPins, threadsafe
+from testbed.leds import (
+    button_pin,
+    classify,
+    led_pin,
     wait_for_pattern,
 )
 

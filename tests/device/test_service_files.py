@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.gochat import REPO_ROOT
+
+from testbed.server import REPO_ROOT
 
 UNITS = ["gochat-appliance.service", "gochat-server.service"]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"

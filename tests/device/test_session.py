@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support import Broker, MqttClientFactory, RecordingClient
-from support.broker import SHIPPED_ACL
 
 from appliance.device.events import (
     Connected,
@@ -35,6 +33,8 @@ from appliance.mqtt import backoff_delay, publish_properties
 from appliance.protocol import topics
 from appliance.protocol.models import InviteExpired, SetUserInfoRequest, dump
 from appliance.settings import BrokerSettings
+from testbed import Broker, MqttClientFactory, RecordingClient
+from testbed.broker import SHIPPED_ACL
 
 USER = "pi-s"
 SERVER = "gochat-server"
@@ -151,7 +151,7 @@ def test_presence_requests_and_responses(
     assert online.payload == b"online"
 
     payload = SetUserInfoRequest(room_id="r-1", user_id=USER, mic_on=False)
-    rig.call(lambda: rig.session.send_request(7, "set_user_info", payload))
+    rig.call(lambda: rig.session.send_request(7, payload))
     request = server.expect(topics.request(USER, "set_user_info"))
     assert json.loads(request.payload) == {"room_id": "r-1", "user_id": USER, "mic_on": False}
     assert request.qos == 1
@@ -235,7 +235,7 @@ def test_a_request_nobody_listens_to_is_undelivered_at_once(
     rig.call(rig.session.start)
     rig.expect(Connected)
     payload = SetUserInfoRequest(room_id="r-1", user_id=USER, mic_on=True)
-    rig.call(lambda: rig.session.send_request(3, "set_user_info", payload))
+    rig.call(lambda: rig.session.send_request(3, payload))
     assert rig.expect(RequestUndelivered, timeout_s=2) == RequestUndelivered(3)
 
 
@@ -287,7 +287,7 @@ def test_reconnects_after_a_broker_restart_with_a_fresh_session(
     server = server_client(broker, mqtt_client)
     # The fresh connection works: requests go out and answers come back.
     payload = SetUserInfoRequest(room_id="r-1", user_id=USER, mic_on=True)
-    rig.call(lambda: rig.session.send_request(11, "set_user_info", payload))
+    rig.call(lambda: rig.session.send_request(11, payload))
     request = server.expect(topics.request(USER, "set_user_info"))
     props = publish_properties(correlation=bytes(request.properties.CorrelationData))
     server.publish_wait(topics.response(USER), b'{"code":0,"message":"ok"}', properties=props)

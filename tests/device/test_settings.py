@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.gochat import REPO_ROOT
 
 from appliance.device.settings import ApplianceSettings
 from appliance.settings import ConfigError
+from testbed.server import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "config" / "appliance.toml"
 

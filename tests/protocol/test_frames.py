@@ -1,4 +1,4 @@
-"""The audio frame codec (PROTOCOL.md section 6): round trips and fuzzing."""
+"""The audio frame codec (docs/protocol.md section 7): round trips and fuzzing."""
 
 from __future__ import annotations
 

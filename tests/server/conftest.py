@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Broker
-from support.gochat import RunningServer, connect
 
 from appliance.client import GoChatClient
+from testbed import Broker
+from testbed.server import RunningServer, connect
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ Every case runs in a fresh room of its own, with its own users:
     lis3    a listener with an open invitation
     out     logged in, not in the room   anon  connected, never logged in
 
-The expected codes are written out by hand from PROTOCOL.md section 3, not computed
+The expected codes are written out by hand from docs/protocol.md section 4, not computed
 by the code under test.
 """
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support import Broker
-from support.gochat import RunningServer, connect
 
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
+from testbed import Broker
+from testbed.server import RunningServer, connect
 
 ROLES = ("host", "spk", "lis", "out", "anon")
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from support import Broker
-from support.gochat import RunningServer, ServerProcess, connect
-
 from appliance.protocol import models as m
+from testbed import Broker
+from testbed.server import RunningServer, ServerProcess, connect
 
 
 def test_sigkill_loses_no_state_and_republishes(broker: Broker, tmp_path: Path) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from support.gochat import RunningServer
-
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
+from testbed.server import RunningServer
 
 Users = Callable[..., GoChatClient]
 

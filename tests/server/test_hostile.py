@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import Broker
-from support.gochat import RunningServer, connect
 
 from appliance.client import GoChatClient
 from appliance.protocol import topics
 from appliance.protocol.models import Request
 from appliance.server.rules import Outcome, RoomService
+from testbed import Broker
+from testbed.server import RunningServer, connect
 
 Users = Callable[..., GoChatClient]
 
@@ -119,10 +119,10 @@ def test_garbage_on_presence_and_unknown_topics_is_ignored(
 class FaultyService(RoomService):
     """Injects a fault into one method, to prove the adapter's 500 path."""
 
-    def handle(self, user_id: str, method: str, request: Request, now: float) -> Outcome:
-        if method == "get_room_list":
+    def handle(self, user_id: str, request: Request, now: float) -> Outcome:
+        if request.method == "get_room_list":
             raise RuntimeError("injected fault: secret stack detail")
-        return super().handle(user_id, method, request, now)
+        return super().handle(user_id, request, now)
 
 
 def test_an_internal_error_is_a_500_with_a_request_id_and_no_trace(

@@ -25,7 +25,7 @@ class World:
 
     def call(self, user: str, method: str, **payload: object) -> Outcome:
         request = m.parse_request(method, json.dumps(payload).encode())
-        return self.service.handle(user, method, request, self.now)
+        return self.service.handle(user, request, self.now)
 
     def ok(self, user: str, method: str, **payload: object) -> BaseModel:
         out = self.call(user, method, **payload)
@@ -103,7 +103,7 @@ def test_every_method_but_login_needs_a_session(w: World) -> None:
             )
             else {}
         )
-        out = w.service.handle("ghost", method, m.METHODS[method].model_construct(**payload), w.now)
+        out = w.service.handle("ghost", m.METHODS[method].model_construct(**payload), w.now)
         assert out.code == Code.NOT_LOGGED_IN, method
 
 

@@ -7,12 +7,11 @@ import json
 import time
 from collections.abc import Callable
 
-from support import Broker
-from support.gochat import RunningServer, connect
-
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
 from appliance.protocol import topics
+from testbed import Broker
+from testbed.server import RunningServer, connect
 
 Users = Callable[..., GoChatClient]
 

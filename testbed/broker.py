@@ -24,7 +24,7 @@ from typing import Self
 from appliance import admin
 from appliance.brokerconf import LOOPBACK, SHIPPED_ACL, SHIPPED_CONF, render_conf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A throwaway account whose password changes with every reload: once the broker
 # accepts its newest password, it has read every change written before it.

@@ -27,23 +27,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiocoap
-from aiocoap.numbers.codes import Code
+from appliance.hw_mocks import gpio
+from appliance.hw_mocks.audio import mock_pyaudio
 
-from appliance.device.daemon import Daemon
+from appliance.device import coap_client
+from appliance.device.coap_client import JSON_FORMAT, Reply
+from appliance.device.daemon import Daemon, Hardware
 from appliance.device.effects import LedName, LedPattern
 from appliance.device.events import ButtonName
 from appliance.device.settings import ApplianceSettings
-from hw_mocks import gpio
 
+from . import leds
 from .broker import Broker
-from .gochat import REPO_ROOT, NotifySocket
-
-JSON_FORMAT = 50
+from .server import REPO_ROOT, NotifySocket
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
@@ -57,25 +56,12 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 # ---------------------------------------------------------------- CoAP
 
 
-@dataclass(frozen=True)
-class Reply:
-    """A CoAP response: ``code`` dotted (``"2.05"``), ``body`` decoded JSON (or None)."""
-
-    code: str
-    body: Any
-    content_format: int | None
-
-    @property
-    def ok(self) -> bool:
-        return self.code.startswith("2.")
-
-
 class Observation:
     """Notifications of an Observe on ``/status``: decoded bodies, in order."""
 
-    def __init__(self, client: CoapClient, request: Any) -> None:
+    def __init__(self, client: CoapClient, observation: coap_client.Observation) -> None:
         self._client = client
-        self._request = request
+        self._observation = observation
         self.bodies: queue.Queue[Any] = queue.Queue()
         self.latest: Any = None
 
@@ -100,26 +86,22 @@ class Observation:
         self._client.run(self._cancel())
 
     async def _cancel(self) -> None:
-        with contextlib.suppress(Exception):
-            self._request.observation.cancel()
+        self._observation.cancel()
 
 
 class CoapClient:
-    """A blocking CoAP client (its own thread and event loop)."""
+    """A blocking :class:`appliance.device.coap_client.CoapClient` (own thread and loop)."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._context: Any = self.run(aiocoap.Context.create_client_context(transports=["udp6"]))
+        self._client: coap_client.CoapClient = self.run(coap_client.CoapClient.create())
 
     def run(self, coro: Any, timeout_s: float = 30.0) -> Any:
         """Run ``coro`` on the client's loop and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
-
-    def uri(self, port: int, path: str) -> str:
-        return f"coap://{self.host}:{port}{path}"
 
     def request(
         self,
@@ -133,15 +115,11 @@ class CoapClient:
         timeout_s: float = 20.0,
     ) -> Reply:
         """One request; ``payload`` is JSON-encoded unless ``raw`` bytes are given."""
-        body = raw if raw is not None else b"" if payload is None else json.dumps(payload).encode()
-        message = aiocoap.Message(code=Code[method], uri=self.uri(port, path), payload=body)
-        if body and content_format is not None:
-            message.opt.content_format = content_format
-        return self.run(self._request(message), timeout_s)
-
-    async def _request(self, message: aiocoap.Message) -> Reply:
-        response = await self._context.request(message).response
-        return _reply(response)
+        call = self._client.request(
+            self.host, port, method, path, payload, raw=raw, content_format=content_format
+        )
+        reply: Reply = self.run(call, timeout_s)
+        return reply
 
     def get(self, port: int, path: str) -> Reply:
         return self.request(port, "GET", path)
@@ -154,35 +132,23 @@ class CoapClient:
         return self.run(self._observe(port, path))  # type: ignore[no-any-return]
 
     async def _observe(self, port: int, path: str) -> Observation:
-        message = aiocoap.Message(code=Code.GET, uri=self.uri(port, path), observe=0)
-        request = self._context.request(message)
-        observation = Observation(self, request)
-        first = await request.response
-        observation.bodies.put(_reply(first).body)
+        inner = self._client.observe(self.host, port, path)
+        observation = Observation(self, inner)
+        observation.bodies.put((await inner.first()).body)
 
         async def pump() -> None:
             with contextlib.suppress(Exception):
-                async for note in request.observation:
-                    observation.bodies.put(_reply(note).body)
+                async for note in inner.notifications():
+                    observation.bodies.put(note.body)
 
         self._loop.create_task(pump())
         return observation
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.run(self._context.shutdown(), 5.0)
+            self.run(self._client.close(), 5.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-
-
-def _reply(message: Any) -> Reply:
-    payload = bytes(message.payload)
-    try:
-        body = json.loads(payload) if payload else None
-    except ValueError:
-        body = payload
-    fmt = message.opt.content_format
-    return Reply(message.code.dotted, body, int(fmt) if fmt is not None else None)
 
 
 # ---------------------------------------------------------------- configuration
@@ -260,7 +226,13 @@ class InProcessDaemon:
             **sections,
         )
         self.settings = ApplianceSettings.model_validate(config)
-        self.daemon = Daemon(self.settings, mock_hw=True, install_signals=False)
+        card = mock_pyaudio(
+            self.settings.audio.mock_input,
+            self.settings.audio.mock_output,
+            self.settings.audio.mock_unplug_file,
+        )
+        hardware = Hardware(pin_factory=gpio.mock_factory(), pyaudio=card)
+        self.daemon = Daemon(self.settings, hardware=hardware, install_signals=False)
         self.factory = self.daemon.pin_factory
         self.pins = self.daemon.pins
         self._result: list[int] = []
@@ -295,7 +267,7 @@ class InProcessDaemon:
 
     def led_patterns(self) -> dict[LedName, LedPattern | None]:
         """What the mock LED pins show now (None: cannot tell yet)."""
-        return gpio.led_patterns(self.factory, self.pins)
+        return leds.led_patterns(self.factory, self.pins)
 
     def panel_patterns(self) -> dict[str, str]:
         """What the panel was last told to show (no waiting)."""
@@ -306,7 +278,7 @@ class InProcessDaemon:
     # ------------------------------------------------------------ pressing
 
     def pin(self, button: ButtonName) -> Any:
-        return gpio.button_pin(self.factory, button, self.pins)
+        return leds.button_pin(self.factory, button, self.pins)
 
     def press(self, button: ButtonName, kind: str = "short") -> None:
         """Press the mock button pin: a 0.1 s tap or a 1.6 s hold."""

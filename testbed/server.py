@@ -29,7 +29,7 @@ from appliance.settings import BrokerSettings
 
 from .broker import Broker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class OffsetClock:
