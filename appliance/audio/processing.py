@@ -132,6 +132,9 @@ class Decimator:
         cutoff = 0.9 / (2 * factor)  # of the input rate: 7.2 kHz of a 16 kHz output
         h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, 8.0)
         self._h: Float32Array = (h / np.sum(h))[::-1].astype(np.float32)
+        # Causal, so the reference comes out ~0.45 ms late: AEC3 estimates the delay anyway.
+        self.delay = (taps - 1) / 2 - (factor - 1)
+        """Group delay in input samples."""
         self._hist: Float32Array = np.zeros(taps - 1, dtype=np.float32)
         self._work: Float32Array = np.zeros(0, dtype=np.float32)
 
@@ -227,15 +230,22 @@ class CaptureChain:
         self.rate = rate
         self.echo_cancellation = echo_cancellation
         self.frame = rate * FRAME_MS // 1000
-        self._apm: Any = pywebrtc_audio.AudioProcessor(
-            sample_rate=rate,
-            echo_cancellation=echo_cancellation,
-            noise_suppression=noise_suppression,
-            ns_level=NS_LEVEL,
-            stream_delay_ms=0,  # 0: AEC3 estimates the delay itself
+        # Separate modules rather than the binding's AudioProcessor: at 32 and 48 kHz
+        # (0.2.0) that one ignores ns_level and suppresses ~6 dB whatever is asked.
+        self._aec: Any = (
+            pywebrtc_audio.EchoCanceller(sample_rate=rate, stream_delay_ms=0)  # 0: estimated
+            if echo_cancellation
+            else None
         )
-        # AGC2 runs apart, fed our gated voice decision: inside the module it would take
-        # the noise suppressor's level-blind probability and raise residual echo ~20 dB.
+        self._ns: Any = (
+            pywebrtc_audio.NoiseSuppressor(sample_rate=rate, level=NS_LEVEL)
+            if noise_suppression
+            else None
+        )
+        # Without NS, the same spectral speech analysis minus the filter.
+        self._detector: Any = None if noise_suppression else pywebrtc_audio.VoiceDetector(rate)
+        # AGC2 is fed our gated voice decision: left to itself it takes a level-blind
+        # speech probability and raises residual echo by ~20 dB.
         self._agc: Any = (
             pywebrtc_audio.GainController(sample_rate=rate, max_gain_db=AGC_MAX_GAIN_DB)
             if auto_gain
@@ -286,8 +296,16 @@ class CaptureChain:
     def _frame(self, near: Int16Array, far: Int16Array | None, at: int) -> None:
         """One 10 ms frame through the chain into ``self._out[at:]``."""
         out = self._out[at : at + self.frame]
-        out[:] = self._apm.process(near, None if far is None else far[at : at + self.frame])
-        active = self._vad.is_speech(float(self._apm.speech_probability), near, out)
+        if far is not None:
+            out[:] = self._aec.process(near, far[at : at + self.frame])
+        else:
+            out[:] = near
+        if self._ns is not None:
+            out[:] = self._ns.process(out)
+            probability = float(self._ns.speech_probability)
+        else:
+            probability = float(self._detector.process(out))
+        active = self._vad.is_speech(probability, near, out)
         if self._agc is not None:
             out[:] = self._agc.process(out, 1.0 if active else 0.0)
         self._vad.update(active, out)
