@@ -285,7 +285,10 @@ def test_media_key_push_parses_as_an_inbox_command_and_hides_its_key() -> None:
     assert parsed == push and isinstance(parsed, m.MediaKeyPush)
     assert "c2VjcmV0" not in repr(push)
     assert json.loads(m.dump(push)) == {
-        "type": "media_key", "room_id": "r", "epoch": 7, "key": "c2VjcmV0"
+        "type": "media_key",
+        "room_id": "r",
+        "epoch": 7,
+        "key": "c2VjcmV0",
     }
 
 
