@@ -48,6 +48,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     BROKERCONF: (),
     "appliance.client": (PROTOCOL, MQTT),
     "appliance.admin": (PROTOCOL, BROKERCONF),
+    "appliance.pki": (PROTOCOL,),
     **{core: (PROTOCOL, f"{AUDIO}.port", *DEVICE_CORE) for core in DEVICE_CORE},
     "appliance.device": (PROTOCOL, AUDIO, SETTINGS, SERVICE, MQTT),
     "appliance.server": (PROTOCOL, SETTINGS, SERVICE, MQTT),

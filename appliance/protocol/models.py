@@ -322,13 +322,24 @@ class RoomListData(Received):
     next_cursor: str | None
 
 
+class MediaKey(Received):
+    """A room's current voice key (section 6.1): ``key`` is the standard base64 of 32
+    bytes. Never shown in a ``repr``."""
+
+    epoch: int
+    key: str = Field(repr=False)
+
+
 class RoomData(Received):
     room: RoomState
+    # Always sent by this server; optional so that an older server's reply still parses.
+    media: MediaKey | None = None
 
 
 class LoginRoomData(Received):
     room: RoomState
     me: Member
+    media: MediaKey | None = None
 
 
 class AttendeeListData(Received):
@@ -398,6 +409,15 @@ class RoomClosed(Received):
     room_id: str
 
 
+class MediaKeyPush(Received):
+    """The room's voice key changed (section 6.1): seal and open with it from now on."""
+
+    type: Literal["media_key"] = "media_key"
+    room_id: str
+    epoch: int
+    key: str = Field(repr=False)
+
+
 InboxCommand = Annotated[
     InviteOnstage
     | InviteResponse
@@ -405,7 +425,8 @@ InboxCommand = Annotated[
     | RemovedFromStage
     | Muted
     | HandLowered
-    | RoomClosed,
+    | RoomClosed
+    | MediaKeyPush,
     Field(discriminator="type"),
 ]
 _INBOX = TypeAdapter[InboxCommand](InboxCommand)

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from appliance.protocol import models as m
 from appliance.protocol.models import Code, Role
 from appliance.server.domain import Invitation, InvitationState, MemberRecord, Room, Session
+from appliance.server.voicekeys import Rotation, VoiceKeys
 
 RETAINED_CLEAR_AFTER_S = 60.0
 # Closed rooms and answered invitations are kept this long so that late requests get
@@ -84,9 +85,15 @@ class Limits:
 class RoomService:
     """Sessions, rooms and invitations, and every method of the protocol."""
 
-    def __init__(self, limits: Limits | None = None, new_id: IdFactory = random_id) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        new_id: IdFactory = random_id,
+        voice: VoiceKeys | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self._new_id = new_id
+        self.voice = voice or VoiceKeys()  # every open room's voice key (section 6.1)
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.invitations: dict[str, Invitation] = {}
@@ -124,11 +131,13 @@ class RoomService:
         return self._finish()
 
     def tick(self, now: float) -> Outcome:
-        """Expire invitations and sessions, and clear closed rooms' retained state."""
+        """Expire invitations and sessions, clear closed rooms' retained state, and
+        perform the voice-key rotations that departures deferred."""
         self._begin(now)
         self._expire_invitations()
         self._expire_sessions()
         self._clear_closed_rooms()
+        self._rotate_due_keys()
         return self._finish()
 
     def presence_changed(self, user_id: str, now: float) -> Outcome:
@@ -149,6 +158,10 @@ class RoomService:
         for room in self.rooms.values():
             if not room.closed:
                 self._changed(room)
+                if room.room_id not in self.voice.keys:  # a store from before voice keys
+                    key = self.voice.create(room.room_id, now)
+                    members = tuple(room.members)
+                    self._push_key(room, Rotation(room.room_id, key.epoch, key.key_b64, members))
         return self._finish()
 
     # ------------------------------------------------------------ session methods
@@ -196,8 +209,9 @@ class RoomService:
         host.mic_on, host.onstage_at = True, self._now
         self._add_member(room, host)
         room.seats.append(user_id)
+        self.voice.create(room.room_id, self._now)
         self._changed(room)
-        return m.RoomData(room=room.to_state())
+        return m.RoomData(room=room.to_state(), media=self._media(room))
 
     def _login_room(self, user_id: str, req: m.Request) -> BaseModel:
         room = self._open_room(_as(req, m.RoomRequest).room_id)
@@ -207,7 +221,8 @@ class RoomService:
             member = MemberRecord(user_id, self.sessions[user_id].name, Role.LISTENER, self._now)
             self._add_member(room, member)
             self._changed(room)
-        return m.LoginRoomData(room=room.to_state(), me=member.to_wire())
+            self._push_key(room, self.voice.joined(room.room_id, room.members, self._now))
+        return m.LoginRoomData(room=room.to_state(), me=member.to_wire(), media=self._media(room))
 
     def _quit_room(self, user_id: str, req: m.Request) -> BaseModel:
         room = self._open_room(_as(req, m.RoomRequest).room_id)
@@ -390,6 +405,14 @@ class RoomService:
                 del self.rooms[room.room_id]
                 self.dirty.rooms.add(room.room_id)
 
+    def _rotate_due_keys(self) -> None:
+        for room_id in self.voice.due(self._now):
+            room = self.rooms.get(room_id)
+            if room is None or room.closed:
+                self.voice.discard(room_id)
+                continue
+            self._push_key(room, self.voice.rotate(room_id, room.members, self._now))
+
     # ------------------------------------------------------------ shared steps
 
     def _begin(self, now: float) -> None:
@@ -475,6 +498,8 @@ class RoomService:
         self._cancel_invitation_of(user_id)
         self._left(room, user_id)
         self._changed(room)
+        # The key rotates once the 2 s limit allows; until then a rotation is pending.
+        self._push_key(room, self.voice.departed(room.room_id, room.members, self._now))
 
     def _left(self, room: Room, user_id: str) -> None:
         self.dirty.members.add((room.room_id, user_id))
@@ -491,6 +516,7 @@ class RoomService:
         room.seats.clear()
         room.hands.clear()
         room.closed_at = self._now
+        self.voice.discard(room.room_id)
         self._changed(room)
 
     def _leave_current_room(self, user_id: str) -> None:
@@ -539,6 +565,20 @@ class RoomService:
             self._out.rooms_changed.add(room.room_id)
         room.updated_at = self._now
         self.dirty.rooms.add(room.room_id)
+
+    def _media(self, room: Room) -> m.MediaKey:
+        key = self.voice.current(room.room_id)
+        return m.MediaKey(epoch=key.epoch, key=key.key_b64)
+
+    def _push_key(self, room: Room, rotation: Rotation | None) -> None:
+        """Send a rotation's key to every current member (none if nothing rotated);
+        the room's row is dirty either way, as a pending rotation is persisted too."""
+        self.dirty.rooms.add(room.room_id)
+        if rotation is None:
+            return
+        push = m.MediaKeyPush(room_id=room.room_id, epoch=rotation.epoch, key=rotation.key_b64)
+        for user_id in rotation.members:
+            self._send(user_id, push)
 
     def _send(self, user_id: str, command: BaseModel) -> None:
         self._out.inbox.append((user_id, command))

@@ -5,18 +5,26 @@ requests, before any reply of that batch is sent: a reply is a promise that the 
 survives a crash. ``synchronous=NORMAL`` makes a commit durable against a killed
 process (the WAL is in the OS page cache) without an fsync per commit; a power cut may
 lose the last commits, which clients see as unanswered requests and retry.
+
+The database holds the rooms' voice keys (PROTOCOL.md 6.1), so it is created mode 0600
+and an existing one loses any group/other access when opened (SQLite gives its -wal
+and -shm files the database's mode).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from appliance.protocol.models import Role
 from appliance.server.domain import Invitation, InvitationState, MemberRecord, Room, Session
 from appliance.server.rules import RoomService
+from appliance.server.voicekeys import RoomKey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     user_id TEXT PRIMARY KEY, name TEXT NOT NULL, logged_in_at REAL NOT NULL
@@ -37,6 +45,21 @@ CREATE TABLE IF NOT EXISTS invitations (
     state TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+# Schema migrations: version -> the script that brings version - 1 up to it.
+_MIGRATIONS = {
+    # Version 2: each room's voice key (PROTOCOL.md 6.1). NULL for a closed room, and
+    # for the open rooms of a version 1 store until the service gives them a key.
+    2: """
+ALTER TABLE rooms ADD COLUMN voice_key BLOB;
+ALTER TABLE rooms ADD COLUMN voice_epoch INTEGER;
+ALTER TABLE rooms ADD COLUMN voice_since REAL;
+ALTER TABLE rooms ADD COLUMN voice_rotate_at REAL;
+""",
+}
+_ROOM_COLUMNS = (
+    "room_id, subject, host_id, max_seats, created_at, version, updated_at, closed_at, "
+    "retained_cleared, voice_key, voice_epoch, voice_since, voice_rotate_at"
+)
 
 
 class StoreError(RuntimeError):
@@ -51,6 +74,7 @@ class Store:
         try:
             if str(path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private(self.path)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -64,10 +88,16 @@ class Store:
 
     def _check_schema(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version not in (0, SCHEMA_VERSION):
+        if not 0 <= version <= SCHEMA_VERSION:
             raise StoreError(f"store {self.path} has schema {version}, expected {SCHEMA_VERSION}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version == 0:
+            self._db.executescript(_SCHEMA)  # version 1's tables
+            version = 1
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction per step: a crash mid-migration leaves the old version.
+            self._db.executescript(
+                f"BEGIN; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;"
+            )
 
     # ------------------------------------------------------------ load
 
@@ -76,11 +106,15 @@ class Store:
         db = self._db
         for user_id, name, logged_in_at in db.execute("SELECT * FROM sessions"):
             service.sessions[user_id] = Session(user_id, name, logged_in_at, logged_in_at)
-        for row in db.execute("SELECT * FROM rooms ORDER BY created_at, room_id"):
+        rows = db.execute(f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY created_at, room_id")  # noqa: S608
+        for row in rows:
             room = Room(
                 row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], bool(row[8])
             )
             service.rooms[room.room_id] = room
+            key, epoch, since, rotate_at = row[9:13]
+            if key is not None and not room.closed:
+                service.voice.restore(room.room_id, RoomKey(epoch, bytes(key), since, rotate_at))
         self._load_members(service)
         for inv_id, room_id, inviter, invitee, created, expires, state in db.execute(
             "SELECT * FROM invitations"
@@ -126,7 +160,8 @@ class Store:
             for user_id in dirty.sessions:
                 self._write_session(service.sessions.get(user_id), user_id)
             for room_id in dirty.rooms:
-                self._write_room(service.rooms.get(room_id), room_id)
+                key = service.voice.keys.get(room_id)
+                self._write_room(service.rooms.get(room_id), room_id, key)
             for room_id, user_id in dirty.members:
                 room = service.rooms.get(room_id)
                 member = room.members.get(user_id) if room else None
@@ -147,17 +182,18 @@ class Store:
             "INSERT OR REPLACE INTO sessions VALUES (?,?,?)", (s.user_id, s.name, s.logged_in_at)
         )
 
-    def _write_room(self, r: Room | None, room_id: str) -> None:
+    def _write_room(self, r: Room | None, room_id: str, key: RoomKey | None) -> None:
         if r is None:
             self._db.execute("DELETE FROM rooms WHERE room_id=?", (room_id,))
             self._db.execute("DELETE FROM members WHERE room_id=?", (room_id,))
             self._db.execute("DELETE FROM invitations WHERE room_id=?", (room_id,))
             return
+        voice = (key.key, key.epoch, key.since, key.rotate_at) if key else (None,) * 4
         self._db.execute(
-            "INSERT OR REPLACE INTO rooms VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO rooms ({_ROOM_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
             (
                 r.room_id, r.subject, r.host_id, r.max_seats, r.created_at, r.version,
-                r.updated_at, r.closed_at, int(r.retained_cleared),
+                r.updated_at, r.closed_at, int(r.retained_cleared), *voice,
             ),
         )  # fmt: skip
 
@@ -186,3 +222,17 @@ class Store:
                 i.expires_at, i.state.value,
             ),
         )  # fmt: skip
+
+
+def _private(path: Path) -> None:
+    """Create ``path`` mode 0600 if missing; otherwise drop group/other access."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            # Not ours to change (a shared deployment)? Keep working.
+            with contextlib.suppress(PermissionError):
+                path.chmod(mode & 0o700)
+        return
+    os.close(fd)

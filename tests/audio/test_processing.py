@@ -23,7 +23,7 @@ from appliance.audio.processing import (
     Decimator,
     ReferenceRing,
 )
-from hw_mocks.room import (
+from appliance.hw_mocks.room import (
     EchoPath,
     NoiseSource,
     dbfs,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hw_mocks.room import (
+from appliance.hw_mocks.room import (
     EchoPath,
     EchoSpec,
     NoiseSource,
