@@ -48,6 +48,7 @@ own figures are per process, so the others only matter through contention.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import random
 import re
@@ -72,7 +73,8 @@ from appliance.audio import opus
 from appliance.audio.profile import PROFILES, ProfileName
 from appliance.client import GoChatClient
 from appliance.protocol import topics
-from appliance.protocol.frames import AudioFrame, timestamp_step
+from appliance.protocol.frames import timestamp_step
+from appliance.protocol.voice import Sealer
 from benchmarks._common import (
     drain_datagrams,
     machine_header,
@@ -150,9 +152,12 @@ class Speakers:
 
     def __init__(
         self, clients: list[GoChatClient], room_id: str, packets: list[bytes], *,
-        burst: bool = False, seed: int = 7,
+        key: tuple[int, bytes], burst: bool = False, seed: int = 7,
     ) -> None:  # fmt: skip
         self.clients = clients
+        self.sealers = [Sealer(topics.audio(room_id, c.user_id)) for c in clients]
+        for sealer in self.sealers:
+            sealer.set_key(*key)  # every frame sealed, as a device does
         self.room_id = room_id
         self.packets = packets
         self.burst = burst
@@ -180,8 +185,8 @@ class Speakers:
             k, i = divmod(j, count)
             seq, ts, at = state[i]
             packet = self.packets[(at + k) % len(self.packets)]
-            frame = AudioFrame((seq + k) & 0xFFFF, (ts + k * step) & 0xFFFF_FFFF, packet)
-            self.clients[i].publish_raw(topic[i], frame.pack(), qos=0)
+            wire = self.sealers[i].seal((seq + k) & 0xFFFF, (ts + k * step) & 0xFFFF_FFFF, packet)
+            self.clients[i].publish_raw(topic[i], wire, qos=0)
             self.sent += 1
             j += 1
             k, i = divmod(j, count)
@@ -393,7 +398,10 @@ def run_profile(
         )["me"]
         if me["role"] != "speaker" or not me["mic_on"]:
             raise BenchError(f"{client.user_id} is not a speaker with the mic on: {me}")
-    speakers = Speakers(clients, room_id, packets, burst=burst)
+    # Re-joining hands out the room's current voice key without rotating it.
+    media = clients[0].call("login_room", room_id=room_id)["media"]
+    key = (int(media["epoch"]), base64.b64decode(media["key"]))
+    speakers = Speakers(clients, room_id, packets, key=key, burst=burst)
     speakers.start()
     stack.callback(speakers.stop)
     wait_heard(coap, device.coap_port)

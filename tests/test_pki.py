@@ -303,8 +303,14 @@ class TlsBroker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited:\n{self.log()}")
             with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
+                listening = sock.connect_ex(("127.0.0.1", self.port)) == 0
+            if listening:
+                # Mosquitto binds its port before it loads the TLS files as its own
+                # user: still alive a moment later means it loaded them.
+                time.sleep(0.3)
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited:\n{self.log()}")
+                return self
             time.sleep(0.02)
         raise RuntimeError(f"mosquitto did not listen:\n{self.log()}")
 

@@ -26,6 +26,7 @@ from appliance.audio.port import AudioHooks, AudioStats
 from appliance.audio.profile import PLAYBACK_PERIOD_MS, PLAYBACK_RATE, PROFILES, Profile
 from appliance.audio.receiver import PERIOD_SAMPLES, Receiver
 from appliance.audio.sender import Sender
+from appliance.protocol import topics
 
 log = logging.getLogger("gochat.audio")
 
@@ -105,6 +106,8 @@ class AudioEngine:
         self._capture = _Stream("input")
         self._playback = _Stream("output")
         self._publish_to: str | None = None  # room we should be publishing into
+        self._me = ""  # our user id: the sender seals for our own audio topic
+        self._key_room: str | None = None  # the room whose voice keys we hold
         self._end_deadline: float | None = None
         self._reported: str | None = None
         self._wake = threading.Event()
@@ -120,7 +123,7 @@ class AudioEngine:
 
     def start_publishing(self, room_id: str, user_id: str) -> None:
         """We hold a seat with the mic on in ``room_id``: capture and publish."""
-        del user_id  # the topic names us; the session knows who we are
+        self._me = user_id
         self._publish_to = room_id
         self._wake.set()
 
@@ -133,10 +136,16 @@ class AudioEngine:
         """Play exactly these users' streams (seated, mic on, not us)."""
         self.receiver.set_heard(user_ids)
 
+    def set_voice_key(self, room_id: str, epoch: int, key: bytes) -> None:
+        """A voice key of ``room_id``: seal with the newest, open with any held one."""
+        new_room = room_id != self._key_room
+        self._key_room = room_id
+        self.receiver.add_key(epoch, key, new_room=new_room)
+        self.sender.set_key(room_id, epoch, key)
+
     def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
         """A frame of the current room arrived (MQTT network thread)."""
-        del room_id  # the session only subscribes to the room we are in
-        self.receiver.on_frame(user_id, payload, arrival)
+        self.receiver.on_frame(user_id, topics.audio(room_id, user_id), payload, arrival)
 
     def stats(self) -> AudioStats:
         """Counters for ``/status``."""
@@ -145,6 +154,7 @@ class AudioEngine:
             frames_sent=self.sender.frames_sent,
             frames_received=received.frames_received,
             frames_concealed=received.frames_concealed,
+            frames_rejected=received.dropped_malformed,
             jitter_ms=round(received.jitter_ms, 1),
         )
 
@@ -199,7 +209,7 @@ class AudioEngine:
             self._wind_down(now)
         elif not stream.open and now >= stream.retry_at:
             self._end_deadline = None
-            self.sender.begin(wanted)
+            self.sender.begin(wanted, self._me)
             if not self._open(stream, now):
                 self.sender.abandon()
 

@@ -46,6 +46,9 @@ class AudioStats:
     frames_sent: int = 0
     frames_received: int = 0
     frames_concealed: int = 0
+    frames_rejected: int = 0
+    """Frames dropped because they did not open (unknown epoch, failed tag, version 1,
+    malformed) or did not decode."""
     jitter_ms: float = 0.0
 
     def as_status(self) -> dict[str, Any]:
@@ -54,6 +57,7 @@ class AudioStats:
             "frames_sent": self.frames_sent,
             "frames_received": self.frames_received,
             "frames_concealed": self.frames_concealed,
+            "frames_rejected": self.frames_rejected,
             "jitter_ms": self.jitter_ms,
         }
 
@@ -76,6 +80,10 @@ class AudioPort(Protocol):
 
     def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
         """One received audio message (on the network thread; must not block)."""
+
+    def set_voice_key(self, room_id: str, epoch: int, key: bytes) -> None:
+        """A voice key of ``room_id`` (docs/protocol.md 7.1): seal with the newest,
+        open packets of any epoch held; a key of another room replaces them all."""
 
     def stats(self) -> AudioStats:
         """The counters ``/status`` shows under ``audio``."""
@@ -123,6 +131,9 @@ class NullAudio:
 
     def on_frame(self, room_id: str, user_id: str, payload: bytes, arrival: float) -> None:
         """Discard the frame."""
+
+    def set_voice_key(self, room_id: str, epoch: int, key: bytes) -> None:
+        """Nothing to seal or open."""
 
     def stats(self) -> AudioStats:
         """All zeros."""

@@ -18,6 +18,7 @@ from appliance.audio.jitter import JitterBuffer, JitterConfig, JitterStats
 from appliance.audio.mixer import Mixer
 from appliance.audio.profile import PLAYBACK_PERIOD_MS, PLAYBACK_RATE
 from appliance.protocol import frames
+from appliance.protocol.voice import Opener
 
 PERIOD_SAMPLES = PLAYBACK_RATE * PLAYBACK_PERIOD_MS // 1000
 
@@ -34,6 +35,8 @@ class ReceiveStats:
     jitter_ms: float
     dropped_unheard: int
     dropped_malformed: int
+    """Frames that did not open (malformed, version 1, unknown epoch, failed tag) or
+    did not decode: the ``frames_rejected`` of ``/status``."""
 
 
 class Receiver:
@@ -52,6 +55,8 @@ class Receiver:
         self._lock = threading.Lock()  # writers only
         self._heard: frozenset[str] = frozenset()
         self._retired = _Totals()
+        self._opener = Opener(clock=clock)
+        self._keys_lock = threading.Lock()  # keys come from the loop, frames from the network
         self.dropped_unheard = 0
         self.dropped_malformed = 0
 
@@ -66,13 +71,22 @@ class Receiver:
             self._retired.add(buffer.stats())
             buffer.close()
 
-    def on_frame(self, user_id: str, payload: bytes, arrival: float) -> None:
-        """A frame of the current room from the network (network thread)."""
+    def add_key(self, epoch: int, key: bytes, *, new_room: bool = False) -> None:
+        """A voice key of the room (``new_room``: forget the previous room's keys)."""
+        with self._keys_lock:
+            if new_room:
+                self._opener.clear()
+            self._opener.add_key(epoch, key)
+
+    def on_frame(self, user_id: str, topic: str, payload: bytes, arrival: float) -> None:
+        """A sealed frame of the current room from the network (network thread): opened
+        with the key of its epoch, or dropped and counted (docs/protocol.md 7.1)."""
         if user_id not in self._heard:
             self.dropped_unheard += 1
             return
         try:
-            frame = frames.unpack(payload)
+            with self._keys_lock:
+                frame = self._opener.open(payload, topic).audio()
         except frames.FrameError:
             self.dropped_malformed += 1
             return

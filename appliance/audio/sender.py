@@ -15,7 +15,9 @@ import numpy as np
 
 from appliance.audio import opus
 from appliance.audio.profile import Profile
-from appliance.protocol.frames import TIMESTAMP_RATE, AudioFrame, timestamp_step
+from appliance.protocol import topics
+from appliance.protocol.frames import TIMESTAMP_RATE, timestamp_step
+from appliance.protocol.voice import Sealer
 
 PublishFrame = Callable[[str, bytes], None]  # (room_id, frame bytes)
 _DTX_BYTES = 2  # libopus: a packet this short carries no audio (DTX)
@@ -24,6 +26,11 @@ _DTX_BYTES = 2  # libopus: a packet this short carries no audio (DTX)
 class Sender:
     """One talk spurt after another: sequence numbers run on across spurts, and the
     timestamp jumps by the silence between them, so a receiver sees a pause, not loss.
+
+    Every packet is sealed with the room's newest voice key (docs/protocol.md 7.1);
+    without a key nothing leaves (counted in :attr:`unsealed`), never plaintext. Keys
+    arrive on the event loop's thread (:meth:`set_key`) and are taken up by the capture
+    thread at its next block: one tuple per room, read and written whole.
     """
 
     def __init__(
@@ -50,19 +57,32 @@ class Sender:
         self._seq = secrets.randbelow(0x10000)
         self._ts = secrets.randbelow(0x1_0000_0000)
         self._room: str | None = None
+        self._sealer: Sealer | None = None
+        self._keys: dict[str, tuple[int, bytes]] = {}
         self._ending = False
         self._spurt_ended_at: float | None = None
         self.frames_sent = 0
         self.dtx_skipped = 0
         self.bad_blocks = 0
+        self.unsealed = 0
 
     @property
     def active(self) -> bool:
         """Whether a talk spurt is under way (frames go out)."""
         return self._room is not None
 
-    def begin(self, room_id: str) -> None:
-        """Start a talk spurt into ``room_id`` (before the capture stream opens)."""
+    def set_key(self, room_id: str, epoch: int, key: bytes) -> None:
+        """The room's voice key of ``epoch`` (any thread): seals from the next packet."""
+        held = self._keys.get(room_id)
+        if held is None or epoch > held[0]:
+            self._keys = {room_id: (epoch, key)}  # one room at a time; swapped whole
+
+    def begin(self, room_id: str, user_id: str) -> None:
+        """Start a talk spurt into ``room_id`` as ``user_id`` (before capture opens)."""
+        topic = topics.audio(room_id, user_id)
+        if self._sealer is None or self._sealer.topic != topic:
+            self._sealer = Sealer(topic)
+        self._sealer.open_capture()
         if self._spurt_ended_at is not None:
             silence = self._clock() - self._spurt_ended_at
             self._ts += round(silence * TIMESTAMP_RATE / self._step) * self._step
@@ -93,9 +113,12 @@ class Sender:
             self.dtx_skipped += 1
             self._ts += self._step
             return True
-        frame = AudioFrame(self._seq, self._ts, packet, fec=opus.packet_has_fec(packet), end=ending)
-        self._publish(room, frame.pack())
-        self.frames_sent += 1
+        wire = self._seal(room, packet, ending)
+        if wire is None:
+            self.unsealed += 1
+        else:
+            self._publish(room, wire)
+            self.frames_sent += 1
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self._step) & 0xFFFF_FFFF
         if ending:
@@ -103,6 +126,16 @@ class Sender:
             self._spurt_ended_at = self._clock()
             return False
         return True
+
+    def _seal(self, room: str, packet: bytes, end: bool) -> bytes | None:
+        sealer = self._sealer
+        key = self._keys.get(room)
+        if sealer is None or key is None:
+            return None
+        if sealer.epoch is None or key[0] > sealer.epoch:
+            sealer.set_key(*key)
+        fec = opus.packet_has_fec(packet)
+        return sealer.seal(self._seq, self._ts, packet, fec=fec, end=end)
 
     def close(self) -> None:
         """Free the encoder."""

@@ -12,7 +12,8 @@ effect                                      adapter
 ==========================================  ==========================================
 SendRequest, SubscribeRoom, UnsubscribeRoom  :class:`~appliance.device.session.MqttSession`
 SetLeds, Refused                             :class:`~appliance.device.panel.Panel`
-StartPublishing, StopPublishing, SetHeard    the :class:`~appliance.audio.port.AudioPort`
+StartPublishing, StopPublishing, SetHeard,  the :class:`~appliance.audio.port.AudioPort`
+SetVoiceKey
 StatusChanged                                :class:`~appliance.device.status.StatusBoard`
 ApiReply                                     the CoAP call (or start-up step) awaiting it
 ==========================================  ==========================================
@@ -37,6 +38,7 @@ its room, publishes ``offline``, turns the LEDs off and exits 0 — within
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -60,6 +62,7 @@ from appliance.device.effects import (
     SendRequest,
     SetHeard,
     SetLeds,
+    SetVoiceKey,
     StartPublishing,
     StatusChanged,
     StopPublishing,
@@ -97,6 +100,7 @@ QUIT_WAIT_S = 0.8
 OFFLINE_WAIT_S = 0.6
 """How long shutdown waits for the broker to acknowledge ``offline``."""
 COAP_CLOSE_S = 0.4
+VOICE_KEY_BYTES = 32
 AUDIO_REPORT_S = 1.0
 """How often moving audio counters refresh ``/status`` (and notify its observers)."""
 
@@ -343,7 +347,7 @@ class Daemon:
                 log.info("press refused: %s", effect.reason)
                 if self.panel is not None:
                     self.panel.flash_refused()
-            case StartPublishing() | StopPublishing() | SetHeard():
+            case StartPublishing() | StopPublishing() | SetHeard() | SetVoiceKey():
                 self._carry_audio(effect)
             case StatusChanged():
                 self.board.refresh()
@@ -364,7 +368,9 @@ class Daemon:
             case UnsubscribeRoom():
                 session.unsubscribe_room(effect.room_id)
 
-    def _carry_audio(self, effect: StartPublishing | StopPublishing | SetHeard) -> None:
+    def _carry_audio(
+        self, effect: StartPublishing | StopPublishing | SetHeard | SetVoiceKey
+    ) -> None:
         audio = self.audio
         if audio is None:
             return
@@ -375,6 +381,13 @@ class Daemon:
                 audio.stop_publishing()
             case SetHeard():
                 audio.set_heard(effect.user_ids)
+            case SetVoiceKey():
+                key = _voice_key(effect.key)
+                if key is None:
+                    self.counts["voice_keys_malformed"] += 1
+                    log.warning("a voice key for room %s is not 32 bytes of base64", effect.room_id)
+                else:
+                    audio.set_voice_key(effect.room_id, effect.epoch, key)
 
     def _after_step(self) -> None:
         self._schedule_tick()
@@ -475,6 +488,15 @@ def _set_flag(event: asyncio.Event, value: bool) -> None:
         event.set()
     else:
         event.clear()
+
+
+def _voice_key(text: str) -> bytes | None:
+    """The 32 bytes of a base64 voice key, or None if it is not one."""
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return key if len(key) == VOICE_KEY_BYTES else None
 
 
 def _hard_exit() -> None:

@@ -13,7 +13,8 @@ effect                        carried out by
 :class:`Refused`
 :class:`StartPublishing`,     audio module
 :class:`StopPublishing`,
-:class:`SetHeard`
+:class:`SetHeard`,
+:class:`SetVoiceKey`
 :class:`StatusChanged`        CoAP API (notify ``/status`` observers)
 :class:`ApiReply`             CoAP API (answer the request that carried the ticket)
 ============================  ===============================================
@@ -22,7 +23,7 @@ effect                        carried out by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from appliance.protocol.models import Method, Request
@@ -128,6 +129,16 @@ class SetHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class SetVoiceKey:
+    """The room's voice key of ``epoch`` (from a join's ``media`` or a ``media_key``
+    push): hand it to the audio module. ``key`` is the base64 text; never logged."""
+
+    room_id: str
+    epoch: int
+    key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChanged:
     """The ``/status`` payload (apart from the audio counters) changed: notify observers."""
 
@@ -156,6 +167,7 @@ Effect = (
     | StartPublishing
     | StopPublishing
     | SetHeard
+    | SetVoiceKey
     | StatusChanged
     | ApiReply
 )

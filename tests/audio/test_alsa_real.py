@@ -24,7 +24,8 @@ from appliance.audio.config import AudioConfig
 from appliance.audio.engine import AudioEngine
 from appliance.audio.opus import Decoder
 from appliance.audio.port import AudioHooks
-from appliance.protocol import frames
+from appliance.protocol import topics
+from appliance.protocol.voice import Opener
 
 pytestmark = pytest.mark.alsa
 
@@ -161,6 +162,8 @@ def test_the_engine_captures_and_publishes_through_real_alsa(
     config = AudioConfig(input_device="gochat_test_in", output_device="gochat_test_out")
     hooks = AudioHooks(publish, lambda _problem: None, lambda: None)
     engine = AudioEngine(config, pyaudio, hooks)  # type: ignore[arg-type]
+    key = bytes(32)
+    engine.set_voice_key("r", 1, key)
     engine.start()
     try:
         engine.start_publishing("r", "me")
@@ -168,5 +171,9 @@ def test_the_engine_captures_and_publishes_through_real_alsa(
     finally:
         engine.close()
     decoder = Decoder()
-    pcm = np.concatenate([decoder.decode(frames.unpack(p).opus).copy() for p in sent[5:45]])
+    opener = Opener()
+    opener.add_key(1, key)
+    topic = topics.audio("r", "me")
+    packets = [opener.open(p, topic).opus for p in sent[5:45]]
+    pcm = np.concatenate([decoder.decode(packet).copy() for packet in packets])
     assert abs(tone.dominant_frequency(pcm, RATE) - 440) <= 5

@@ -16,9 +16,19 @@ from appliance.audio.config import AudioConfig
 from appliance.audio.engine import AudioEngine
 from appliance.audio.port import AudioHooks
 from appliance.audio.tone import dominant_frequency, rms
-from appliance.protocol import frames
+from appliance.protocol import frames, topics
+from appliance.protocol.voice import Opener
 
 ROOM = "room1"
+KEY = bytes(range(32))
+"""The room's voice key: both engines hold it, as the server gives it to members."""
+
+
+def unseal(payload: bytes) -> frames.AudioFrame:
+    """One of alice's sealed frames, opened as a member would."""
+    opener = Opener()
+    opener.add_key(1, KEY)
+    return opener.open(payload, topics.audio(ROOM, "alice")).audio()
 
 
 class Wire:
@@ -58,6 +68,7 @@ def engine(
     module = mock_pyaudio(spec, out, tmp_path / f"{name}.unplug")
     hooks = AudioHooks(wire.publish, reports.lost, reports.restored)
     eng = AudioEngine(AudioConfig(**config), module, hooks)  # type: ignore[arg-type]
+    eng.set_voice_key(ROOM, 1, KEY)
     eng.start()
     return eng, reports, out
 
@@ -80,7 +91,7 @@ def test_a_tone_is_heard_and_a_mute_ends_the_spurt(tmp_path: Path, profile: str)
         alice.start_publishing(ROOM, "alice")
         wait_for(lambda: bob.stats().frames_received >= 25)
         alice.stop_publishing()
-        wait_for(lambda: frames.unpack(wire.sent[-1]).end)
+        wait_for(lambda: unseal(wire.sent[-1]).end)
         sent = len(wire.sent)
         time.sleep(0.15)
         assert len(wire.sent) == sent  # capture closed: nothing after the last packet
@@ -92,7 +103,7 @@ def test_a_tone_is_heard_and_a_mute_ends_the_spurt(tmp_path: Path, profile: str)
     heard = pcm[loud[0] : loud[-1]]
     assert len(heard) > rate * 0.3
     assert abs(dominant_frequency(heard, rate) - 440) <= 5
-    durations = {frames.unpack(p).duration_ms for p in wire.sent}
+    durations = {unseal(p).duration_ms for p in wire.sent}
     assert durations == ({20} if profile == "default" else {40})
     assert alice.stats().frames_sent == len(wire.sent)
 

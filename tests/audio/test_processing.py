@@ -17,12 +17,6 @@ import pytest
 
 pytest.importorskip("pywebrtc_audio", reason="pywebrtc-audio is in the audio extra")
 
-from appliance.audio.processing import (
-    FLOOR_DBFS,
-    CaptureChain,
-    Decimator,
-    ReferenceRing,
-)
 from appliance.hw_mocks.room import (
     EchoPath,
     NoiseSource,
@@ -31,6 +25,13 @@ from appliance.hw_mocks.room import (
     parse_noise_spec,
     speech_like,
     to_int16,
+)
+
+from appliance.audio.processing import (
+    FLOOR_DBFS,
+    CaptureChain,
+    Decimator,
+    ReferenceRing,
 )
 
 PERIOD = 480  # a 10 ms playback block at 48 kHz

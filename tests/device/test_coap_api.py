@@ -23,7 +23,7 @@ STATUS_KEYS = {
     "leds",
     "audio",
 }
-AUDIO_KEYS = {"frames_sent", "frames_received", "frames_concealed", "jitter_ms"}
+AUDIO_KEYS = {"frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms"}
 
 
 @pytest.mark.parametrize(

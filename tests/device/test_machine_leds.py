@@ -290,6 +290,7 @@ def test_the_status_payload_has_exactly_device_md_shape() -> None:
             "frames_sent": 0,
             "frames_received": 0,
             "frames_concealed": 0,
+            "frames_rejected": 0,
             "jitter_ms": 0.0,
         },
     }

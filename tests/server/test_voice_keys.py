@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from testbed.server import RunningServer
 
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
@@ -20,6 +19,7 @@ from appliance.protocol.models import Code
 from appliance.server.rules import Limits, Outcome, RoomService
 from appliance.server.store import SCHEMA_VERSION, Store
 from appliance.server.voicekeys import KEY_BYTES, VoiceKeys
+from testbed.server import RunningServer
 
 T0 = 1_800_000_000.0
 

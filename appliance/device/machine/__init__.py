@@ -22,7 +22,7 @@ from typing import Any, assert_never
 
 from appliance.audio.port import AudioStats
 from appliance.device import view
-from appliance.device.effects import ApiReply, Effect
+from appliance.device.effects import ApiReply, Effect, SetVoiceKey
 from appliance.device.events import (
     AudioDeviceLost,
     AudioDeviceRestored,
@@ -76,6 +76,7 @@ from appliance.protocol.models import (
     InviteExpired,
     InviteOnstage,
     InviteResponse,
+    MediaKeyPush,
     Muted,
     QuitRoomRequest,
     RemovedFromStage,
@@ -246,18 +247,31 @@ def _on_room_state(s: DeviceState, room: RoomState, out: Out) -> DeviceState:
 
 
 def _on_inbox(s: DeviceState, cmd: InboxCommand, now: float, out: Out) -> DeviceState:
-    ours = in_target_room(s, cmd.room_id)
     match cmd:
         case InviteOnstage():
             return _on_invited(s, cmd, now, out)
         case InviteExpired() | InviteResponse():
             return invitation_over(s, cmd.invitation_id)
+        case _:
+            return _on_room_command(s, cmd, out)
+
+
+def _on_room_command(
+    s: DeviceState,
+    cmd: RemovedFromStage | Muted | HandLowered | RoomClosed | MediaKeyPush,
+    out: Out,
+) -> DeviceState:
+    ours = in_target_room(s, cmd.room_id)
+    match cmd:
         case RemovedFromStage() | Muted() if ours and s.room is not None:
             return replace(s, mic_block_version=max(s.mic_block_version, s.room.version))
         case HandLowered() if ours:
             return replace(s, hand_hint=False)
         case RoomClosed() if ours:
             return room_gone(s, out, Code.GONE, "the room was closed")
+        case MediaKeyPush() if ours:
+            out.append(SetVoiceKey(cmd.room_id, cmd.epoch, cmd.key))
+            return s
         case _:
             return s
 

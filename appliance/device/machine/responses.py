@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationError
 
 from appliance.device import view
+from appliance.device.effects import SetVoiceKey
 from appliance.device.events import PublishRefused, RequestUndelivered, ResponseReceived
 from appliance.device.machine.outcomes import (
     BAD_ANSWER,
@@ -51,6 +52,7 @@ from appliance.protocol.models import (
     LoginRoomData,
     LoginRoomRequest,
     MeData,
+    MediaKey,
     MemberData,
     Method,
     OperateRaiseHandRequest,
@@ -157,6 +159,7 @@ def _room_joined(
     s: DeviceState, a: Answer[LoginRoomRequest, LoginRoomData], _now: float, out: Out
 ) -> DeviceState:
     s = replace(s, hand_hint=a.data.me.hand_raised)
+    _voice_key(a.data.room.room_id, a.data.media, out)
     return _joined(s, a.data.room, a.raw, out)
 
 
@@ -167,7 +170,13 @@ def _room_created(
     if isinstance(target, CreateTarget) and a.request.subject == target.subject:
         # From now on this is "the room we are in": a reconnect re-joins it, not a new one.
         s = replace(s, target=JoinTarget(room.room_id, target.ticket))
+    _voice_key(room.room_id, a.data.media, out)
     return _joined(s, room, a.raw, out)
+
+
+def _voice_key(room_id: str, media: MediaKey | None, out: Out) -> None:
+    if media is not None:
+        out.append(SetVoiceKey(room_id, media.epoch, media.key))
 
 
 def _joined(s: DeviceState, room: RoomState, data: Mapping[str, Any], out: Out) -> DeviceState:
