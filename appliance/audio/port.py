@@ -47,6 +47,12 @@ class AudioStats:
     frames_received: int = 0
     frames_concealed: int = 0
     jitter_ms: float = 0.0
+    speaking: bool = False
+    """The local talker is speaking now (after the capture chain); false while capture
+    is closed."""
+    input_level_dbfs: float | None = None
+    """Level of the captured audio after the chain, dBFS, one decimal, at least -100.0;
+    None while capture is closed (not publishing)."""
 
     def as_status(self) -> dict[str, Any]:
         """The ``audio`` object of the ``/status`` payload."""
@@ -55,6 +61,8 @@ class AudioStats:
             "frames_received": self.frames_received,
             "frames_concealed": self.frames_concealed,
             "jitter_ms": self.jitter_ms,
+            "speaking": self.speaking,
+            "input_level_dbfs": self.input_level_dbfs,
         }
 
 

@@ -129,5 +129,8 @@ def test_status_audio_has_exactly_the_documented_keys(
 ) -> None:
     host = daemons("pi-host", mode="host", subject="Keys")
     body = coap.get(host.coap_port, "/status").body
-    assert set(body["audio"]) == {"frames_sent", "frames_received", "frames_concealed", "jitter_ms"}
+    assert set(body["audio"]) == {
+        "frames_sent", "frames_received", "frames_concealed", "jitter_ms",
+        "speaking", "input_level_dbfs",
+    }  # fmt: skip
     json.dumps(body)  # plain JSON
