@@ -26,8 +26,19 @@ Choices (documented because tests rely on them):
 For ``--mock-hw``, :func:`mock_pyaudio_from_env` builds the whole thing from
 ``GOCHAT_AUDIO__MOCK_INPUT`` (``silence``, ``tone:440[:amplitude]``, ``<file.wav>`` or
 ``loop:<file.wav>``), ``GOCHAT_AUDIO__MOCK_OUTPUT`` (a WAV path; unset: played audio is
-discarded) and ``GOCHAT_AUDIO__MOCK_UNPLUG_FILE`` (a path: while it exists the device is
-unplugged; if it contains ``input`` or ``output`` only that side is). It returns an
+discarded), ``GOCHAT_AUDIO__MOCK_UNPLUG_FILE`` (a path: while it exists the device is
+unplugged; if it contains ``input`` or ``output`` only that side is) and the stand-in
+room, ``GOCHAT_AUDIO__MOCK_ECHO`` and ``GOCHAT_AUDIO__MOCK_NOISE`` (:mod:`.room`; both
+``off`` by default).
+
+The stand-in room: with an :class:`~.room.EchoPath`, what the speaker plays (48 kHz
+streams) is heard back by the microphone; with a :class:`~.room.NoiseSource`, noise is
+added to it. Both sides of the card count frames on **one shared sample clock** whose
+frame 0 is the moment the :class:`MockHardware` was made: a callback block captured
+over ``[t, t + period)`` starts at frame ``round((t - epoch) x rate)``, and the block a
+callback returns is played one period after the callback (PortAudio's
+``output_buffer_dac_time``). The mic's block is ``source + echo + noise``, rounded and
+saturated to int16 once. It returns an
 object used like the ``pyaudio`` module: ``pa = module.PyAudio()``, ``module.paInt16``.
 
 For timing measurements (``benchmarks/mouth_to_ear.py``), ``HW_MOCKS_AUDIO_TRACE=PATH``
@@ -52,6 +63,8 @@ from typing import Any, BinaryIO, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from .room import PLAY_RATE, EchoPath, NoiseSource, parse_echo_spec, parse_noise_spec, to_int16
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +97,8 @@ paCanNotWriteToAnInputOnlyStream: Final = -9974  # noqa: N816
 ENV_INPUT: Final = "GOCHAT_AUDIO__MOCK_INPUT"
 ENV_OUTPUT: Final = "GOCHAT_AUDIO__MOCK_OUTPUT"
 ENV_UNPLUG_FILE: Final = "GOCHAT_AUDIO__MOCK_UNPLUG_FILE"
+ENV_ECHO: Final = "GOCHAT_AUDIO__MOCK_ECHO"
+ENV_NOISE: Final = "GOCHAT_AUDIO__MOCK_NOISE"
 ENV_TRACE: Final = "HW_MOCKS_AUDIO_TRACE"
 
 _SAMPLE_BYTES: Final = 2
@@ -330,9 +345,16 @@ class MockHardware:
         output: Path | str | None = None,
         unplug_file: Path | str | None = None,
         trace: CallbackTrace | None = None,
+        *,
+        echo: EchoPath | None = None,
+        noise: NoiseSource | None = None,
     ) -> None:
         self.source: InputSource = source or SilenceSource()
         self.trace = trace
+        self.echo = echo
+        self.noise = noise
+        self.epoch = time.monotonic()
+        """Frame 0 of the shared sample clock (every rate): the card's creation."""
         self.output_path = Path(output) if output is not None else None
         self.unplug_file = Path(unplug_file) if unplug_file is not None else None
         self.recorder: WavRecorder | None = None
@@ -360,6 +382,30 @@ class MockHardware:
         except OSError:
             which = ""
         return which not in ("", "both", side)
+
+    def first_frame(self, t0: float, rate: int) -> int:
+        """The shared-clock frame index, at ``rate``, of monotonic time ``t0``."""
+        return round((t0 - self.epoch) * rate)
+
+    def hear(self, n: int, rate: int, at_frame: int) -> bytes:
+        """What the microphone captures: the source, plus the room's echo and noise
+        (mixed in float, saturated once to int16) for frames ``at_frame`` on."""
+        block = self.source.read(n, rate)
+        if self.echo is None and self.noise is None:
+            return block.tobytes()
+        mix = block.astype(np.float64)
+        if self.echo is not None:
+            mix += self.echo.heard(n, rate, at_frame)
+        if self.noise is not None:
+            mix += self.noise.read(n, rate, at_frame)
+        return to_int16(mix).tobytes()
+
+    def play(self, pcm: bytes, rate: int, at_frame: int) -> None:
+        """The speaker plays ``pcm`` from frame ``at_frame`` on: record it and let the
+        room's echo path hear it (at 48 kHz only, the rate the appliance plays at)."""
+        self.record(pcm, rate)
+        if self.echo is not None and rate == PLAY_RATE:
+            self.echo.played(np.frombuffer(pcm, dtype=np.int16), at_frame)
 
     def record(self, pcm: bytes, rate: int) -> None:
         """Keep what the speaker played (the first output stream fixes the WAV's rate)."""
@@ -598,8 +644,9 @@ class MockStream:
             self._resync()
             if exception_on_overflow:
                 raise OSError(paInputOverflowed, "Input overflowed")
+        at = self._hw.first_frame(self._t0, self.rate) + self._frames
         self._frames += num_frames
-        return self._hw.source.read(num_frames, self.rate).tobytes()
+        return self._hw.hear(num_frames, self.rate, at)
 
     def write(
         self, frames: bytes, num_frames: int | None = None, exception_on_underflow: bool = False
@@ -615,7 +662,7 @@ class MockStream:
             self._resync()  # an underrun: the speaker went quiet meanwhile
         ahead = _WRITE_AHEAD_BUFFERS * self.frames_per_buffer
         self._wait_for(self._frames - ahead)
-        self._hw.record(frames, self.rate)
+        self._hw.play(frames, self.rate, self._hw.first_frame(self._t0, self.rate) + self._frames)
         self._frames += len(frames) // _SAMPLE_BYTES
 
     def get_read_available(self) -> int:
@@ -667,10 +714,13 @@ class MockStream:
     def _tick(self, stream_time: float, status: int) -> bool:
         """One callback; False once the stream is finished."""
         n = self.frames_per_buffer
-        in_data = self._hw.source.read(n, self.rate).tobytes() if self._is_input else None
+        first = round(stream_time * self.rate) - n
+        # On the card's shared clock: this block was captured over the last period, and
+        # what the callback returns is played one period from now (PortAudio's DAC time).
+        base = self._hw.first_frame(self._t0, self.rate) + first
+        in_data = self._hw.hear(n, self.rate, base) if self._is_input else None
         now = time.monotonic()
         trace = self._hw.trace
-        first = round(stream_time * self.rate) - n
         if trace is not None and self._is_input:
             trace.block(
                 "in", due=self._t0 + stream_time, called=now, stream=self._serial, first=first,
@@ -694,7 +744,7 @@ class MockStream:
             want = n * _SAMPLE_BYTES
             if len(out) < want:  # PyAudio: a short buffer is padded and ends the stream
                 out, flag = out + bytes(want - len(out)), paComplete
-            self._hw.record(out[:want], self.rate)
+            self._hw.play(out[:want], self.rate, base + 2 * n)
             if trace is not None:
                 trace.block(
                     "out", due=self._t0 + stream_time, called=now, stream=self._serial,
@@ -754,14 +804,25 @@ def mock_pyaudio(
     output: Path | str | None = None,
     unplug_file: Path | str | None = None,
     trace: CallbackTrace | None = None,
+    *,
+    echo_spec: str = "off",
+    noise_spec: str = "off",
 ) -> MockPyAudioModule:
     """A fake ``pyaudio`` module whose mic hears ``input_spec`` and records to ``output``.
 
     ``trace``: record every callback block; by default only if ``HW_MOCKS_AUDIO_TRACE``
-    names a file (see :class:`CallbackTrace`).
+    names a file (see :class:`CallbackTrace`). ``echo_spec`` and ``noise_spec``: the
+    stand-in room (:mod:`.room`; ``off`` by default: the mic hears the source alone).
     """
+    echo = parse_echo_spec(echo_spec)
+    noise = parse_noise_spec(noise_spec)
     hardware = MockHardware(
-        source_from_spec(input_spec), output, unplug_file, trace or trace_from_env()
+        source_from_spec(input_spec),
+        output,
+        unplug_file,
+        trace or trace_from_env(),
+        echo=EchoPath(echo) if echo is not None else None,
+        noise=NoiseSource(noise) if noise is not None else None,
     )
     return MockPyAudioModule(hardware)
 
@@ -775,4 +836,6 @@ def mock_pyaudio_from_env(environ: Mapping[str, str] | None = None) -> MockPyAud
         env.get(ENV_OUTPUT) or None,
         env.get(ENV_UNPLUG_FILE) or None,
         trace_from_env(env),
+        echo_spec=env.get(ENV_ECHO, "off"),
+        noise_spec=env.get(ENV_NOISE, "off"),
     )

@@ -1,4 +1,5 @@
-"""The audio engine's configuration: devices, encoder profile, jitter buffer bounds.
+"""The audio engine's configuration: devices, encoder profile, jitter buffer bounds and
+the hands-free capture chain's switches.
 
 A frozen pydantic model, so a bad value is refused with the key's name when the
 configuration is loaded. The appliance's ``[audio]`` config section *is* this model
@@ -38,6 +39,14 @@ class AudioConfig(BaseModel):
     """The jitter buffer's target depth adapts between these (in packets)."""
     jitter_cap_ms: int = Field(default=200, ge=60, le=1_000)
     """Hard cap on buffered audio per speaker; older packets are dropped beyond it."""
+    echo_cancellation: bool = True
+    """Hands-free chain, stage 1: cancel the speaker's own sound picked up by the
+    microphone (WebRTC AEC3; its reference is exactly what the speaker played)."""
+    noise_suppression: bool = True
+    """Hands-free chain, stage 2: suppress steady background noise (WebRTC NS, 18 dB)."""
+    auto_gain: bool = True
+    """Hands-free chain, stage 3: bring the talker to a steady level (WebRTC AGC2, at
+    most +30 dB). With all three stages off the chain is not built at all."""
 
     @model_validator(mode="after")
     def _jitter_bounds(self) -> Self:

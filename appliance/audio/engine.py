@@ -5,17 +5,21 @@
 start or stop publishing, whom to hear — and never waits: a supervisor thread owns
 PyAudio, opens and closes streams, notices a device that vanished, reports it, and
 reopens it with backoff. The audio itself flows in
-PortAudio's callback threads: capture -> :class:`~.sender.Sender` -> publish, and network
--> :class:`~.receiver.Receiver` -> playback.
+PortAudio's callback threads: capture -> the hands-free chain
+(:class:`~.processing.CaptureChain`: echo cancellation, noise suppression, gain) ->
+:class:`~.sender.Sender` -> publish, and network -> :class:`~.receiver.Receiver` ->
+playback, every played block also feeding the chain's echo reference. With every
+stage switched off there is no chain at all.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,12 +32,20 @@ from appliance.audio.receiver import PERIOD_SAMPLES, Receiver
 from appliance.audio.sender import Sender
 from appliance.protocol import topics
 
+if TYPE_CHECKING:
+    from appliance.audio.processing import CaptureChain
+
 log = logging.getLogger("gochat.audio")
 
 SUPERVISE_S = 0.05
 REOPEN_MIN_S = 0.5
 REOPEN_MAX_S = 10.0
 END_GRACE_S = 0.25  # how long a closing spurt may take to send its last block
+FLOOR_DBFS = -100.0  # the lowest input level reported
+GATE_DBFS = -50.0  # without the chain: louder than this counts as speaking ...
+GATE_HANGOVER_S = 0.3  # ... until this long below it (not between words)
+NEW_RUN_GAP_BLOCKS = 3  # capture silent this many blocks' time: a new capture run
+_FULL_SCALE_SQ = 32768.0**2
 
 
 class _Stream:
@@ -103,6 +115,12 @@ class AudioEngine:
             ),
             clock,
         )
+        self._chain = _capture_chain(config, self.profile.capture_rate)
+        self._reference_factor = PLAYBACK_RATE // self.profile.capture_rate
+        self._speaking = False  # written by the capture thread, read by stats()
+        self._input_level: float | None = None
+        self._last_capture: float | None = None  # clock of the latest captured block
+        self._gate_until = 0.0
         self._capture = _Stream("input")
         self._playback = _Stream("output")
         self._publish_to: str | None = None  # room we should be publishing into
@@ -150,12 +168,15 @@ class AudioEngine:
     def stats(self) -> AudioStats:
         """Counters for ``/status``."""
         received = self.receiver.stats()
+        capturing = self._publish_to is not None and self._capture.open
         return AudioStats(
             frames_sent=self.sender.frames_sent,
             frames_received=received.frames_received,
             frames_concealed=received.frames_concealed,
             frames_rejected=received.dropped_malformed,
             jitter_ms=round(received.jitter_ms, 1),
+            speaking=capturing and self._speaking,
+            input_level_dbfs=self._input_level if capturing else None,
         )
 
     def close(self) -> None:
@@ -290,10 +311,65 @@ class AudioEngine:
         if in_data is None:
             return None, self._pa_module.paContinue
         pcm = np.frombuffer(in_data, dtype=np.int16)
+        now = self._clock()
+        period = frames / self.profile.capture_rate
+        last, self._last_capture = self._last_capture, now
+        new_run = last is None or now - last > NEW_RUN_GAP_BLOCKS * period
+        chain = self._chain
+        if chain is None:
+            self._gate(pcm, now, new_run)
+        else:
+            if new_run:
+                chain.restart()  # the microphone (re)opened: realign on the newest reference
+            try:
+                pcm = chain.process(pcm)
+            except Exception:  # the chain must never take the microphone down with it
+                log.exception("capture chain failed: sending unprocessed audio from now on")
+                self._chain = None
+                self._gate(pcm, now, new_run)
+            else:
+                self._speaking = chain.speaking
+                self._input_level = max(FLOOR_DBFS, round(chain.level_dbfs, 1))
         going = self.sender.on_block(pcm)
         return None, self._pa_module.paContinue if going else self._pa_module.paComplete
 
+    def _gate(self, pcm: np.ndarray, now: float, new_run: bool) -> None:
+        """No chain: the block's RMS level, and speaking while above a level gate."""
+        x = pcm.astype(np.float32)
+        power = float(np.dot(x, x)) / len(x) if len(x) else 0.0
+        level = 10 * math.log10(power / _FULL_SCALE_SQ) if power > 0 else FLOOR_DBFS
+        self._input_level = max(FLOOR_DBFS, round(level, 1))
+        if new_run:
+            self._gate_until = 0.0
+        if level >= GATE_DBFS:
+            self._gate_until = now + GATE_HANGOVER_S
+        self._speaking = now < self._gate_until
+
     def _on_playback(self, _in: bytes | None, frames: int, _t: Any, _s: int) -> tuple[bytes, int]:
-        if frames != PERIOD_SAMPLES:
-            return bytes(frames * 2), self._pa_module.paContinue
-        return self.receiver.render(), self._pa_module.paContinue
+        block = self.receiver.render() if frames == PERIOD_SAMPLES else bytes(frames * 2)
+        chain = self._chain
+        if chain is not None and frames % self._reference_factor == 0:
+            chain.render(np.frombuffer(block, dtype=np.int16))  # exactly what is played
+        return block, self._pa_module.paContinue
+
+
+def _capture_chain(config: AudioConfig, rate: int) -> CaptureChain | None:
+    """The hands-free chain the config asks for; None with every stage off (no cost) or
+    if the WebRTC module cannot be loaded (then unprocessed audio is sent)."""
+    stages = {
+        "echo_cancellation": config.echo_cancellation,
+        "noise_suppression": config.noise_suppression,
+        "auto_gain": config.auto_gain,
+    }
+    if not any(stages.values()):
+        return None
+    try:
+        from appliance.audio.processing import CaptureChain  # noqa: PLC0415 - optional
+    except ImportError as exc:
+        log.error(
+            "hands-free chain disabled (no echo cancellation, noise suppression or"
+            " automatic gain): %s",
+            exc,
+        )
+        return None
+    return CaptureChain(rate, **stages)

@@ -50,6 +50,12 @@ class AudioStats:
     """Frames dropped because they did not open (unknown epoch, failed tag, version 1,
     malformed) or did not decode."""
     jitter_ms: float = 0.0
+    speaking: bool = False
+    """The local talker is speaking now (after the capture chain); false while capture
+    is closed."""
+    input_level_dbfs: float | None = None
+    """Level of the captured audio after the chain, dBFS, one decimal, at least -100.0;
+    None while capture is closed (not publishing)."""
 
     def as_status(self) -> dict[str, Any]:
         """The ``audio`` object of the ``/status`` payload."""
@@ -59,6 +65,8 @@ class AudioStats:
             "frames_concealed": self.frames_concealed,
             "frames_rejected": self.frames_rejected,
             "jitter_ms": self.jitter_ms,
+            "speaking": self.speaking,
+            "input_level_dbfs": self.input_level_dbfs,
         }
 
 

@@ -203,7 +203,11 @@ def pyaudio_for(audio: AudioSettings, *, mock_hw: bool) -> PyAudioModule | None:
         from appliance.hw_mocks.audio import mock_pyaudio
 
         card: PyAudioModule = mock_pyaudio(
-            audio.mock_input, audio.mock_output, audio.mock_unplug_file
+            audio.mock_input,
+            audio.mock_output,
+            audio.mock_unplug_file,
+            echo_spec=audio.mock_echo,
+            noise_spec=audio.mock_noise,
         )
         return card
     from appliance.audio.devices import load_pyaudio

@@ -29,6 +29,14 @@ NAME_MAX = 32
 SUBJECT_MAX = 64
 BCM_MAX = 27
 MOCK_TONE_RE = re.compile(r"tone:\d+(\.\d+)?(:(0(\.\d+)?|1(\.0+)?))?")
+_NUMBER = r"-?\d+(\.\d+)?"
+_ECHO_KEY = rf"(delay_ms|gain_db|rt60_ms)={_NUMBER}"
+MOCK_ECHO_RE = re.compile(rf"off|{_ECHO_KEY}(,{_ECHO_KEY}){{2}}(,clip=[01])?")
+"""The shape of ``audio.mock_echo``."""
+MOCK_ECHO_RANGES = {"delay_ms": (0.0, 1000.0), "rt60_ms": (0.0, 2000.0), "gain_db": (-200.0, 20.0)}
+"""Bounds of its values (as the stand-in room, ``hw_mocks.room``, checks them)."""
+MOCK_NOISE_RE = re.compile(r"off|(pink|white|hum):(-\d+(\.\d+)?|0(\.0+)?)")
+"""``audio.mock_noise``: ``off`` or ``KIND:L`` with L <= 0 dBFS."""
 
 
 class DeviceSettings(Section):
@@ -103,6 +111,36 @@ class AudioSettings(AudioConfig):
     """With ``--mock-hw``: a WAV file recording what the speaker plays (None: discard)."""
     mock_unplug_file: Path | None = None
     """With ``--mock-hw``: while this file exists the sound card is unplugged."""
+    mock_echo: str = "off"
+    """With ``--mock-hw``: the stand-in room's echo path from speaker to microphone,
+    ``off`` or ``delay_ms=D,gain_db=G,rt60_ms=R`` (all three keys, any order)."""
+    mock_noise: str = "off"
+    """With ``--mock-hw``: noise the stand-in microphone hears, ``off``, ``pink:L``,
+    ``white:L`` or ``hum:L`` (RMS level L dBFS, at most 0)."""
+
+    @field_validator("mock_echo")
+    @classmethod
+    def _valid_mock_echo(cls, value: str) -> str:
+        value = value.strip()
+        if MOCK_ECHO_RE.fullmatch(value) is None:
+            raise ValueError("must be off or delay_ms=D,gain_db=G,rt60_ms=R")
+        if value == "off":
+            return value
+        fields = dict(part.partition("=")[::2] for part in value.split(","))
+        if len(fields) != len(value.split(",")):
+            raise ValueError("each of delay_ms, gain_db and rt60_ms must be given once")
+        for key, (lo, hi) in MOCK_ECHO_RANGES.items():
+            if not lo <= float(fields[key]) <= hi:
+                raise ValueError(f"{key} must be {lo:g}..{hi:g}")
+        return value
+
+    @field_validator("mock_noise")
+    @classmethod
+    def _valid_mock_noise(cls, value: str) -> str:
+        value = value.strip()
+        if MOCK_NOISE_RE.fullmatch(value) is None:
+            raise ValueError("must be off, pink:L, white:L or hum:L (L in dBFS, at most 0)")
+        return value
 
     @field_validator("mock_input")
     @classmethod

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -154,5 +155,77 @@ def test_a_device_missing_at_start_is_an_error_not_a_crash(tmp_path: Path) -> No
         assert reports.seen[-1] is not None and "no-such-card" in reports.seen[-1]
         alice.start_publishing(ROOM, "alice")  # capture is fine; playback keeps retrying
         wait_for(lambda: len(wire.sent) >= 3)
+    finally:
+        alice.close()
+
+
+# ---------------------------------------------------------------- the hands-free chain
+
+NO_CHAIN = {"echo_cancellation": False, "noise_suppression": False, "auto_gain": False}
+
+
+def test_without_any_stage_there_is_no_chain_and_a_level_gate_reports(tmp_path: Path) -> None:
+    wire = Wire()
+    alice, _, _ = engine(tmp_path, "alice", wire, "tone:440", **NO_CHAIN)
+    try:
+        assert alice._chain is None
+        idle = alice.stats()
+        assert (idle.speaking, idle.input_level_dbfs) == (False, None)
+        alice.start_publishing(ROOM, "alice")
+        wait_for(lambda: len(wire.sent) >= 10)
+        talking = alice.stats()
+        assert talking.speaking
+        assert talking.input_level_dbfs == pytest.approx(-9.0, abs=0.2)  # a half-scale sine
+        assert talking.as_status()["input_level_dbfs"] == talking.input_level_dbfs
+        alice.stop_publishing()
+        wait_for(lambda: alice.stats().input_level_dbfs is None)
+        assert not alice.stats().speaking
+    finally:
+        alice.close()
+
+
+def test_the_chain_hears_exactly_what_the_speaker_played(tmp_path: Path) -> None:
+    pytest.importorskip("pywebrtc_audio")
+    wire = Wire()
+    alice, _, _ = engine(tmp_path, "alice", wire, "tone:440")
+    bob, _, bob_out = engine(tmp_path, "bob", wire)
+    wire.to = bob
+    chain = bob._chain
+    assert chain is not None
+    rendered: list[bytes] = []
+    real_render = chain.render
+
+    def render(pcm: np.ndarray) -> None:
+        rendered.append(pcm.tobytes())
+        real_render(pcm)
+
+    chain.render = render  # type: ignore[method-assign]
+    try:
+        bob.set_heard(frozenset({"alice"}))
+        alice.start_publishing(ROOM, "alice")
+        bob.start_publishing(ROOM, "bob")
+        wait_for(lambda: bob.stats().frames_received >= 25)
+        level = bob.stats().input_level_dbfs
+        assert level is not None and -100.0 <= level <= 0.0
+    finally:
+        alice.close()
+        bob.close()
+    played, _ = read_wav_mono(bob_out)
+    fed = np.frombuffer(b"".join(rendered), dtype=np.int16)
+    assert len(played) > 0 and np.array_equal(fed[: len(played)], played)
+
+
+def test_without_the_webrtc_module_the_engine_runs_without_the_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "appliance.audio.processing", None)  # import fails
+    wire = Wire()
+    alice, _, _ = engine(tmp_path, "alice", wire, "tone:440")
+    try:
+        assert alice._chain is None
+        assert [r.levelname for r in caplog.records if "hands-free" in r.message] == ["ERROR"]
+        alice.start_publishing(ROOM, "alice")
+        wait_for(lambda: len(wire.sent) >= 5)
+        assert alice.stats().input_level_dbfs == pytest.approx(-9.0, abs=0.2)
     finally:
         alice.close()

@@ -255,3 +255,97 @@ def test_env_defaults_are_silence_and_no_recording() -> None:
     assert module.hardware.output_path is None
     with pytest.raises(ValueError, match="tone"):
         mock.source_from_spec("tone:loud")
+
+
+# ---------------------------------------------------------------- the stand-in room
+
+
+def _speaker_and_mic(
+    module: mock.MockPyAudioModule, play: np.ndarray, seconds: float
+) -> tuple[np.ndarray, int, float]:
+    """Play ``play`` (48 kHz, after 200 ms of silence) while capturing at 48 kHz.
+
+    Returns the capture, its first frame on the card's shared clock, and the shared
+    frame at which the speaker started playing ``play`` (its DAC time).
+    """
+    pa = module.PyAudio()
+    hw = module.hardware
+    pos = 0
+    lead = RATE // 5
+    started: list[float] = []
+    captured: list[bytes] = []
+    firsts: list[float] = []
+
+    def speaker(_in: bytes | None, n: int, info: dict[str, float], _s: int) -> tuple[bytes, int]:
+        nonlocal pos
+        block = np.zeros(n, dtype=np.int16)
+        lo, hi = pos - lead, pos - lead + n
+        if hi > 0:
+            piece = play[max(lo, 0) : max(hi, 0)]
+            block[n - len(piece) if lo < 0 else 0 :][: len(piece)] = piece
+            if lo <= 0 < hi:
+                started.append(info["output_buffer_dac_time"] + (0 - lo) / RATE)
+        pos += n
+        return block.tobytes(), mock.paContinue
+
+    def mic(data: bytes | None, n: int, info: dict[str, float], _s: int) -> tuple[None, int]:
+        assert data is not None
+        if not firsts:
+            firsts.append(info["input_buffer_adc_time"])
+        captured.append(data)
+        return None, mock.paContinue
+
+    out = pa.open(
+        RATE, 1, mock.paInt16, output=True, frames_per_buffer=480, stream_callback=speaker
+    )
+    inp = pa.open(RATE, 1, mock.paInt16, input=True, frames_per_buffer=960, stream_callback=mic)
+    time.sleep(seconds)
+    inp.close()
+    out.close()
+    pcm = np.frombuffer(b"".join(captured), dtype=np.int16)
+    return pcm, hw.first_frame(firsts[0], RATE), hw.first_frame(started[0], RATE)
+
+
+def test_the_room_echoes_the_speaker_into_the_mic_at_its_level_and_delay() -> None:
+    module = mock.mock_pyaudio(echo_spec="delay_ms=30,gain_db=0,rt60_ms=100")
+    half = RATE // 2
+    t = np.arange(half) / RATE
+    tone_part = np.sin(2 * np.pi * 500 * t) * 8000  # 0.5 s at -15 dBFS ...
+    noise_part = np.random.default_rng(3).standard_normal(RATE) * 5000  # ... then 1 s of noise
+    played = np.round(np.concatenate([tone_part, noise_part])).astype(np.int16)
+    pcm, mic_first, play_first = _speaker_and_mic(module, played, 1.9)
+    onset = int(np.flatnonzero(np.abs(pcm) > 50)[0]) + mic_first  # the echo's first sample
+    delay_ms = (onset - play_first) * 1000 / RATE
+    assert 29.5 <= delay_ms <= 32.0  # 30 ms after the DAC played it (direct path)
+    at = onset - mic_first  # the echo's start in the capture
+    steady_tone = pcm[at + RATE // 5 : at + half - RATE // 20]
+    assert abs(tone.dominant_frequency(steady_tone, RATE) - 500) <= 5
+    # A room colours one frequency by several dB; its energy shows on broadband sound.
+    steady_noise = pcm[at + half + RATE // 5 : at + half + RATE * 9 // 10]
+    level = 20 * np.log10(tone.rms(steady_noise) / tone.rms(played[half:]))
+    assert abs(level) <= 1.5, f"echo at {level:.1f} dB of what was played"
+
+
+def test_the_rooms_noise_is_heard_at_its_level_and_nothing_else_changes() -> None:
+    module = mock.mock_pyaudio("tone:1000:0.1", noise_spec="pink:-40")
+    pa = module.PyAudio()
+    stream = pa.open(RATE, 1, mock.paInt16, input=True, frames_per_buffer=960)
+    pcm = np.frombuffer(stream.read(RATE // 2), dtype=np.int16).astype(np.float64)
+    stream.close()
+    t = np.arange(len(pcm)) / RATE
+    clean = np.sin(2 * np.pi * 1000 * t) * 0.1 * 32767.0
+    noise = pcm - clean
+    level = 20 * np.log10(np.sqrt(np.mean(noise**2)) / 32768.0)
+    assert abs(level - -40.0) <= 0.5
+
+
+def test_the_room_is_off_by_default_and_from_the_environment() -> None:
+    assert mock.mock_pyaudio().hardware.echo is None
+    assert mock.mock_pyaudio().hardware.noise is None
+    hw = mock.mock_pyaudio_from_env(
+        {mock.ENV_ECHO: "delay_ms=30,gain_db=-3,rt60_ms=250", mock.ENV_NOISE: "hum:-50"}
+    ).hardware
+    assert hw.echo is not None and hw.echo.spec.delay_ms == 30
+    assert hw.noise is not None and hw.noise.spec.kind == "hum"
+    with pytest.raises(ValueError, match="echo"):
+        mock.mock_pyaudio(echo_spec="delay_ms=30")

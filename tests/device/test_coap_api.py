@@ -23,7 +23,10 @@ STATUS_KEYS = {
     "leds",
     "audio",
 }
-AUDIO_KEYS = {"frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms"}
+AUDIO_KEYS = {
+    "frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms",
+    "speaking", "input_level_dbfs",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,7 @@ def test_status_audio_has_exactly_the_documented_keys(
     host = daemons("pi-host", mode="host", subject="Keys")
     body = coap.get(host.coap_port, "/status").body
     assert set(body["audio"]) == {
-        "frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms"
-    }
+        "frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms",
+        "speaking", "input_level_dbfs",
+    }  # fmt: skip
     json.dumps(body)  # plain JSON

@@ -292,6 +292,8 @@ def test_the_status_payload_has_exactly_device_md_shape() -> None:
             "frames_concealed": 0,
             "frames_rejected": 0,
             "jitter_ms": 0.0,
+            "speaking": False,
+            "input_level_dbfs": None,
         },
     }
 

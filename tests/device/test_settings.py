@@ -66,6 +66,25 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
         "default",
     )
     assert s.subject == "pi-a's room"
+    a = s.audio
+    assert (a.echo_cancellation, a.noise_suppression, a.auto_gain) == (True, True, True)
+    assert (a.mock_echo, a.mock_noise) == ("off", "off")
+
+
+def test_the_hands_free_switches_and_the_stand_in_room_come_from_the_environment(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    a = load(
+        clean_env,
+        DEVICE__USER_ID="pi-a",
+        AUDIO__ECHO_CANCELLATION="false",
+        AUDIO__NOISE_SUPPRESSION="false",
+        AUDIO__AUTO_GAIN="0",
+        AUDIO__MOCK_ECHO="rt60_ms=250,delay_ms=30,gain_db=-3",
+        AUDIO__MOCK_NOISE="pink:-50",
+    ).audio
+    assert (a.echo_cancellation, a.noise_suppression, a.auto_gain) == (False, False, False)
+    assert (a.mock_echo, a.mock_noise) == ("rt60_ms=250,delay_ms=30,gain_db=-3", "pink:-50")
 
 
 def test_every_documented_environment_override_works(
@@ -114,6 +133,14 @@ def test_every_documented_environment_override_works(
         ({"AUDIO__MOCK_INPUT": "tone:loud"}, "audio.mock_input"),
         ({"AUDIO__MOCK_INPUT": "/no/such.wav"}, "audio.mock_input"),
         ({"AUDIO__BITRATE": "1000"}, "audio.bitrate"),
+        ({"AUDIO__ECHO_CANCELLATION": "maybe"}, "audio.echo_cancellation"),
+        ({"AUDIO__MOCK_ECHO": "delay_ms=30"}, "audio.mock_echo"),
+        ({"AUDIO__MOCK_ECHO": "delay_ms=30,gain_db=0,gain_db=0"}, "audio.mock_echo"),
+        ({"AUDIO__MOCK_ECHO": "delay_ms=3000,gain_db=0,rt60_ms=100"}, "audio.mock_echo"),
+        ({"AUDIO__MOCK_ECHO": "delay_ms=30,gain_db=0,rt60_ms=1,x=1"}, "audio.mock_echo"),
+        ({"AUDIO__MOCK_NOISE": "pink"}, "audio.mock_noise"),
+        ({"AUDIO__MOCK_NOISE": "brown:-40"}, "audio.mock_noise"),
+        ({"AUDIO__MOCK_NOISE": "pink:6"}, "audio.mock_noise"),
         ({"COAP__PORT": "70000"}, "coap.port (env GOCHAT_COAP__PORT)"),
         ({"COAP__BIND": "localhost"}, "coap.bind"),
         ({"DEVICE__COLOUR": "red"}, "device.colour (env GOCHAT_DEVICE__COLOUR): unknown key"),
