@@ -230,6 +230,8 @@ class InProcessDaemon:
             self.settings.audio.mock_input,
             self.settings.audio.mock_output,
             self.settings.audio.mock_unplug_file,
+            echo_spec=self.settings.audio.mock_echo,
+            noise_spec=self.settings.audio.mock_noise,
         )
         hardware = Hardware(pin_factory=gpio.mock_factory(), pyaudio=card)
         self.daemon = Daemon(self.settings, hardware=hardware, install_signals=False)
