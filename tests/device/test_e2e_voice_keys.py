@@ -1,0 +1,145 @@
+"""Room voice keys end to end (PROTOCOL.md 7 and 7.1): a real broker, the real server,
+appliance daemons speaking a tone, and frames captured off the broker by a tap.
+
+The tap (:class:`testbed.voice.AudioTap`) is any authenticated client: the ACL lets
+every client read every room's audio, so confidentiality rests on who gets keys. Each
+test opens the captured frames with exactly the keys a given party was handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from appliance.client import GoChatClient
+from appliance.protocol import topics, voice
+from testbed import Broker, MqttClientFactory
+from testbed.daemons import InProcessDaemon
+from testbed.server import RunningServer, connect
+from testbed.voice import AudioTap, Captured, decode_key, keyring, media_key_pushes
+
+TONE = {"mock_input": "tone:440"}
+
+
+@pytest.fixture
+def clients(broker: Broker) -> Iterator[Callable[[str], GoChatClient]]:
+    """Factory of connected, logged-in GoChat clients (closed after the test)."""
+    made: list[GoChatClient] = []
+
+    def make(user: str) -> GoChatClient:
+        made.append(connect(broker, user))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def of_epochs(
+    frames: list[Captured], epochs: set[int], speaker: str | None = None
+) -> list[Captured]:
+    return [f for f in frames if f.epoch in epochs and (speaker is None or f.speaker == speaker)]
+
+
+# ---------------------------------------------------------------- 1. outsiders
+
+
+def test_a_non_member_receives_the_frames_but_opens_none(
+    gochat_server: RunningServer,
+    broker: Broker,
+    daemons: Callable[..., InProcessDaemon],
+    mqtt_client: MqttClientFactory,
+    clients: Callable[[str], GoChatClient],
+) -> None:
+    host = daemons("pi-host", mode="host", subject="Secret", audio=TONE)
+    room_id = host.status["room_id"]
+    eve = AudioTap(mqtt_client(broker, "pi-eve"), room_id)  # never joins anything
+    ann = clients("ann")
+    media = ann.call("login_room", room_id=room_id)["media"]
+    epoch = media["epoch"]
+    # Until the host seals with ann's epoch (a join may rotate), older frames go by.
+    frames = eve.wait(lambda fs: len(of_epochs(fs, {epoch})) >= 50)
+    assert all(f.topic == topics.audio(room_id, "pi-host") for f in frames)
+
+    # The eavesdropper, with no key: every frame is sealed under an epoch it lacks.
+    no_key = voice.Opener()
+    for frame in frames:
+        with pytest.raises(voice.UnknownEpochError):
+            no_key.open(frame.payload, frame.topic)
+    # With guessed keys filed under every epoch it saw: every frame fails its tag.
+    seen = {f.epoch for f in frames}
+    for guess in (bytes(32), hashlib.sha256(room_id.encode()).digest(), b"\xff" * 32):
+        guessed = voice.Opener()
+        for e in sorted(seen):
+            guessed.add_key(e, guess)
+        for frame in frames:
+            with pytest.raises(voice.AuthenticationError):
+                guessed.open(frame.payload, frame.topic)
+        assert guessed.counters["frames_rejected"] == len(frames)
+
+    # The member opens every frame of its epoch: a 20 ms Opus packet each.
+    member = keyring([media, *media_key_pushes(ann, room_id)])
+    mine = of_epochs(frames, {epoch})
+    assert len(mine) >= 50
+    for frame in mine:
+        opened = member.open(frame.payload, frame.topic)
+        assert opened.epoch == epoch and len(opened.opus) >= 1
+
+
+# ---------------------------------------------------------------- 4. tampering
+
+
+def test_tampering_with_any_header_byte_or_the_topic_fails(
+    gochat_server: RunningServer,
+    broker: Broker,
+    daemons: Callable[..., InProcessDaemon],
+    mqtt_client: MqttClientFactory,
+    clients: Callable[[str], GoChatClient],
+) -> None:
+    host = daemons("pi-host", mode="host", subject="Tamper", audio=TONE)
+    room_id = host.status["room_id"]
+    other_room = "zzzzzzzzzzzzzzzz"
+    tap = AudioTap(mqtt_client(broker, "pi-tap"), room_id, other_room)
+    mallory = clients("mallory")  # a member: holds the key, yet cannot forge
+    media = mallory.call("login_room", room_id=room_id)["media"]
+    room_key, epoch = decode_key(media["key"]), media["epoch"]
+    frames = tap.wait(lambda fs: len(of_epochs(fs, {epoch}, "pi-host")) >= 5)
+    frame = of_epochs(frames, {epoch}, "pi-host")[-1]
+    assert keyring([media]).open(frame.payload, frame.topic).epoch == epoch  # intact: opens
+
+    def holding(e: int) -> voice.Opener:
+        """A keyring with the room key filed under epoch ``e`` too: the header's epoch
+        then finds a key, so only the tag can refuse the frame."""
+        opener = keyring([media])
+        if e != epoch:
+            opener.add_key(e, room_key)
+        return opener
+
+    for index in range(voice.HEADER_BYTES):
+        for bit in range(8):
+            tampered = bytearray(frame.payload)
+            tampered[index] ^= 1 << bit
+            if index == 0 or (index == 1 and bit >= 2):
+                expected: type[voice.VoiceError] = voice.MalformedFrameError  # version, reserved
+            elif int.from_bytes(tampered[8:12], "big") == 0:
+                expected = voice.UnknownEpochError  # epoch 0 is never valid
+            else:
+                expected = voice.AuthenticationError
+            e = int.from_bytes(tampered[8:12], "big") or epoch
+            with pytest.raises(expected):
+                holding(e).open(bytes(tampered), frame.topic)
+            with pytest.raises(voice.VoiceError):  # with the member's keys as they are
+                keyring([media]).open(bytes(tampered), frame.topic)
+
+    # Delivered through the broker on another speaker's topic (mallory's own: the ACL
+    # lets it publish nowhere else), in this room and in another: the tag fails.
+    elsewhere = [topics.audio(room_id, "mallory"), topics.audio(other_room, "mallory")]
+    for topic in elsewhere:
+        assert mallory.publish_raw(topic, frame.payload) == 0
+    relayed = tap.wait(lambda fs: sum(f.topic in elsewhere for f in fs) == 2)
+    for copy in (f for f in relayed if f.topic in elsewhere):
+        assert copy.payload == frame.payload  # byte for byte what the host sent
+        with pytest.raises(voice.AuthenticationError):
+            keyring([media]).open(copy.payload, copy.topic)
