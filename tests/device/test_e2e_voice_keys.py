@@ -9,16 +9,18 @@ test opens the captured frames with exactly the keys a given party was handed.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from appliance.client import GoChatClient
+from appliance.protocol import models as m
 from appliance.protocol import topics, voice
 from testbed import Broker, MqttClientFactory
 from testbed.daemons import InProcessDaemon
 from testbed.server import RunningServer, connect
-from testbed.voice import AudioTap, Captured, decode_key, keyring, media_key_pushes
+from testbed.voice import AudioTap, Captured, decode_key, keyring, media_key_pushes, opens
 
 TONE = {"mock_input": "tone:440"}
 
@@ -143,3 +145,102 @@ def test_tampering_with_any_header_byte_or_the_topic_fails(
         assert copy.payload == frame.payload  # byte for byte what the host sent
         with pytest.raises(voice.AuthenticationError):
             keyring([media]).open(copy.payload, copy.topic)
+
+
+# ---------------------------------------------------------------- 2. departures
+
+
+def test_a_listener_who_quits_opens_no_frame_sealed_3_s_later(
+    gochat_server: RunningServer,
+    broker: Broker,
+    daemons: Callable[..., InProcessDaemon],
+    mqtt_client: MqttClientFactory,
+    clients: Callable[[str], GoChatClient],
+) -> None:
+    host = daemons("pi-host", mode="host", subject="Leaving", audio=TONE)
+    room_id = host.status["room_id"]
+    tap = AudioTap(mqtt_client(broker, "pi-tap"), room_id)
+    bob, ann = clients("bob"), clients("ann")
+    # The worst case: ann quits right after a rotation, so the departure's rotation
+    # is deferred to that epoch's 2 s mark. bob's join into an old epoch rotates.
+    gochat_server.clock.advance(2.5)
+    bob_media = bob.call("login_room", room_id=room_id)["media"]
+    ann_media = ann.call("login_room", room_id=room_id)["media"]
+    assert ann_media == bob_media  # a join within 2 s shares the epoch
+    epoch = ann_media["epoch"]
+    tap.wait(lambda fs: len(of_epochs(fs, {epoch})) >= 5)  # ann hears the host now
+
+    quit_at = time.monotonic()
+    ann.call("quit_room", room_id=room_id)
+    rotation = bob.next_inbox("media_key", timeout_s=5)
+    while isinstance(rotation, m.MediaKeyPush) and rotation.epoch <= epoch:
+        rotation = bob.next_inbox("media_key", timeout_s=5)  # bob's own join's push
+    assert isinstance(rotation, m.MediaKeyPush) and rotation.epoch == epoch + 1
+    assert time.monotonic() - quit_at <= 3.0
+    # Frames keep coming; collect those that arrive 3 s after the quit and a bit more.
+    frames = tap.wait(lambda fs: sum(f.at > quit_at + 3.0 for f in fs) >= 10)
+
+    # Every key ann was ever handed (its join's and every push, read only now).
+    ann_pushes = media_key_pushes(ann, room_id)
+    assert all(p.epoch <= epoch for p in ann_pushes)  # no key after the departure
+    ann_keys = keyring([ann_media, *ann_pushes])
+    bob_keys = keyring([bob_media, *media_key_pushes(bob, room_id), rotation])
+    late = [f for f in frames if f.at > quit_at + 3.0]
+    assert all(f.epoch == epoch + 1 for f in late)
+    for frame in late:
+        assert not opens(ann_keys, frame)
+        assert opens(bob_keys, frame)
+    # Everything sealed after the post-departure rotation is closed to ann, and the
+    # first such frame reached the broker within 3 s of the quit.
+    sealed_after = of_epochs(frames, {epoch + 1})
+    assert sealed_after[0].at - quit_at <= 3.0
+    assert not any(opens(ann_keys, f) for f in sealed_after)
+    # Until then ann could still listen (no key is taken back): the rotation is the cut.
+    before = [f for f in frames if f.epoch == epoch and f.at < quit_at]
+    assert before and all(opens(ann_keys, f) for f in before)
+
+
+# ---------------------------------------------------------------- 3. joins
+
+
+def test_a_joiner_opens_no_frame_sealed_more_than_2_s_before_it_joined(
+    gochat_server: RunningServer,
+    broker: Broker,
+    daemons: Callable[..., InProcessDaemon],
+    mqtt_client: MqttClientFactory,
+    clients: Callable[[str], GoChatClient],
+) -> None:
+    clock = gochat_server.clock  # the tap stamps arrivals on the server's clock
+    host = daemons("pi-host", mode="host", subject="Joining", audio=TONE)
+    room_id = host.status["room_id"]
+    tap = AudioTap(mqtt_client(broker, "pi-tap"), room_id, clock=clock)
+    ann, bob = clients("ann"), clients("bob")
+    tap.wait(lambda fs: len(fs) >= 25)  # half a second of the host's voice
+    clock.advance(2.5)  # ... which is now more than 2 s old, on the server's clock
+    tap.wait(lambda fs: sum(f.at > fs[0].at + 2.5 for f in fs) >= 10)  # and some younger
+
+    ann_at = clock()
+    ann_media = ann.call("login_room", room_id=room_id)["media"]
+    assert ann_media["epoch"] == 2  # a join into an epoch older than 2 s rotates
+    ann_epoch = {ann_media["epoch"]}
+    tap.wait(lambda fs: len(of_epochs(fs, ann_epoch)) >= 25)  # half a second of epoch 2
+
+    bob_at = clock()  # bob joins within 2 s of the rotation: he shares epoch 2
+    bob_media = bob.call("login_room", room_id=room_id)["media"]
+    assert bob_media == ann_media
+    frames = tap.wait(lambda fs: sum(f.at > bob_at for f in fs) >= 10)
+
+    ann_keys = keyring([ann_media, *media_key_pushes(ann, room_id)])
+    bob_keys = keyring([bob_media, *media_key_pushes(bob, room_id)])
+    for keys, joined_at in ((ann_keys, ann_at), (bob_keys, bob_at)):
+        old = [f for f in frames if f.at < joined_at - 2.0]
+        assert len(old) >= 25
+        assert not any(opens(keys, f) for f in old)
+        # Whatever a joiner opens was sealed under an epoch that began at most 2 s
+        # before it joined: it reached the broker no earlier than that.
+        assert all(f.at >= joined_at - 2.0 for f in frames if opens(keys, f))
+    # ann opens nothing from before her join; bob opens the up to 2 s before his.
+    assert not any(opens(ann_keys, f) for f in frames if f.at < ann_at)
+    assert sum(opens(bob_keys, f) for f in frames if f.at < bob_at) >= 25
+    # And both open what the host says after they joined.
+    assert all(opens(ann_keys, f) and opens(bob_keys, f) for f in of_epochs(frames, ann_epoch))
