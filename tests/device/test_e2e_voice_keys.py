@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
 from appliance.protocol import topics, voice
+from appliance.server.rules import RoomService
 from testbed import Broker, MqttClientFactory
-from testbed.daemons import InProcessDaemon
+from testbed.daemons import CoapClient, InProcessDaemon, wait_until
 from testbed.server import RunningServer, connect
 from testbed.voice import AudioTap, Captured, decode_key, keyring, media_key_pushes, opens
 
@@ -39,6 +42,41 @@ def clients(broker: Broker) -> Iterator[Callable[[str], GoChatClient]]:
         client.close()
 
 
+@pytest.fixture
+def taps(broker: Broker, mqtt_client: MqttClientFactory) -> Callable[..., AudioTap]:
+    """Factory of audio taps: ``taps(*room_ids, clock=...)``, each its own account."""
+    count = iter(range(1, 100))
+
+    def make(*room_ids: str, clock: Callable[[], float] = time.monotonic) -> AudioTap:
+        return AudioTap(mqtt_client(broker, f"pi-tap{next(count)}"), *room_ids, clock=clock)
+
+    return make
+
+
+class RestartableServer:
+    """The server on its own database file, stopped and started again on demand."""
+
+    def __init__(self, broker: Broker, db: Path) -> None:
+        self.broker, self.db = broker, db
+        self.running = RunningServer(broker, db).start()
+
+    @property
+    def service(self) -> RoomService:
+        assert self.running.server is not None
+        return self.running.server.service
+
+    def restart(self) -> None:
+        self.running.stop()
+        self.running = RunningServer(self.broker, self.db).start()
+
+
+@pytest.fixture
+def restartable(broker: Broker, tmp_path: Path) -> Iterator[RestartableServer]:
+    server = RestartableServer(broker, tmp_path / "voice.db")
+    yield server
+    server.running.stop()
+
+
 def of_epochs(
     frames: list[Captured], epochs: set[int], speaker: str | None = None
 ) -> list[Captured]:
@@ -50,14 +88,13 @@ def of_epochs(
 
 def test_a_non_member_receives_the_frames_but_opens_none(
     gochat_server: RunningServer,
-    broker: Broker,
     daemons: Callable[..., InProcessDaemon],
-    mqtt_client: MqttClientFactory,
+    taps: Callable[..., AudioTap],
     clients: Callable[[str], GoChatClient],
 ) -> None:
     host = daemons("pi-host", mode="host", subject="Secret", audio=TONE)
     room_id = host.status["room_id"]
-    eve = AudioTap(mqtt_client(broker, "pi-eve"), room_id)  # never joins anything
+    eve = taps(room_id)  # never joins anything
     ann = clients("ann")
     media = ann.call("login_room", room_id=room_id)["media"]
     epoch = media["epoch"]
@@ -95,15 +132,14 @@ def test_a_non_member_receives_the_frames_but_opens_none(
 
 def test_tampering_with_any_header_byte_or_the_topic_fails(
     gochat_server: RunningServer,
-    broker: Broker,
     daemons: Callable[..., InProcessDaemon],
-    mqtt_client: MqttClientFactory,
+    taps: Callable[..., AudioTap],
     clients: Callable[[str], GoChatClient],
 ) -> None:
     host = daemons("pi-host", mode="host", subject="Tamper", audio=TONE)
     room_id = host.status["room_id"]
     other_room = "zzzzzzzzzzzzzzzz"
-    tap = AudioTap(mqtt_client(broker, "pi-tap"), room_id, other_room)
+    tap = taps(room_id, other_room)
     mallory = clients("mallory")  # a member: holds the key, yet cannot forge
     media = mallory.call("login_room", room_id=room_id)["media"]
     room_key, epoch = decode_key(media["key"]), media["epoch"]
@@ -152,14 +188,13 @@ def test_tampering_with_any_header_byte_or_the_topic_fails(
 
 def test_a_listener_who_quits_opens_no_frame_sealed_3_s_later(
     gochat_server: RunningServer,
-    broker: Broker,
     daemons: Callable[..., InProcessDaemon],
-    mqtt_client: MqttClientFactory,
+    taps: Callable[..., AudioTap],
     clients: Callable[[str], GoChatClient],
 ) -> None:
     host = daemons("pi-host", mode="host", subject="Leaving", audio=TONE)
     room_id = host.status["room_id"]
-    tap = AudioTap(mqtt_client(broker, "pi-tap"), room_id)
+    tap = taps(room_id)
     bob, ann = clients("bob"), clients("ann")
     # The worst case: ann quits right after a rotation, so the departure's rotation
     # is deferred to that epoch's 2 s mark. bob's join into an old epoch rotates.
@@ -205,15 +240,14 @@ def test_a_listener_who_quits_opens_no_frame_sealed_3_s_later(
 
 def test_a_joiner_opens_no_frame_sealed_more_than_2_s_before_it_joined(
     gochat_server: RunningServer,
-    broker: Broker,
     daemons: Callable[..., InProcessDaemon],
-    mqtt_client: MqttClientFactory,
+    taps: Callable[..., AudioTap],
     clients: Callable[[str], GoChatClient],
 ) -> None:
     clock = gochat_server.clock  # the tap stamps arrivals on the server's clock
     host = daemons("pi-host", mode="host", subject="Joining", audio=TONE)
     room_id = host.status["room_id"]
-    tap = AudioTap(mqtt_client(broker, "pi-tap"), room_id, clock=clock)
+    tap = taps(room_id, clock=clock)
     ann, bob = clients("ann"), clients("bob")
     tap.wait(lambda fs: len(fs) >= 25)  # half a second of the host's voice
     clock.advance(2.5)  # ... which is now more than 2 s old, on the server's clock
@@ -244,3 +278,76 @@ def test_a_joiner_opens_no_frame_sealed_more_than_2_s_before_it_joined(
     assert sum(opens(bob_keys, f) for f in frames if f.at < bob_at) >= 25
     # And both open what the host says after they joined.
     assert all(opens(ann_keys, f) and opens(bob_keys, f) for f in of_epochs(frames, ann_epoch))
+
+
+# ---------------------------------------------------------------- 5. restarts
+
+
+def test_two_speakers_hear_each_other_across_a_server_restart(
+    restartable: RestartableServer,
+    daemons: Callable[..., InProcessDaemon],
+    taps: Callable[..., AudioTap],
+    clients: Callable[[str], GoChatClient],
+    coap: CoapClient,
+) -> None:
+    def audio(device: InProcessDaemon) -> dict[str, Any]:
+        body: dict[str, Any] = coap.get(device.coap_port, "/status").body["audio"]
+        return body
+
+    def both_hear(more: int = 25) -> None:
+        """Each appliance opens at least ``more`` new frames of the other; none refused."""
+        for device in (host, ann):
+            start = audio(device)["frames_received"]
+            wait_until(
+                lambda d=device: audio(d),  # type: ignore[misc]
+                lambda a, n=start: a["frames_received"] >= n + more,  # type: ignore[misc]
+                10,
+                f"{device.user} hears the other",
+            )
+            assert audio(device)["frames_rejected"] == 0
+
+    host = daemons("pi-host", mode="host", subject="Duet", audio=TONE)
+    room_id = host.status["room_id"]
+    tap = taps(room_id)
+    carl = clients("carl")  # a listener who keeps every key it is handed
+    carl_keys: list[Any] = [carl.call("login_room", room_id=room_id)["media"]]
+    ann = daemons("pi-ann", mode="join", audio={"mock_input": "tone:660"})
+    ann.press("raise_hand")
+    ann.wait_status(lambda s: s["hand_raised"])
+    host.press("accept")  # the invitation; ann's hand was up, so she takes the seat
+    ann.wait_status(lambda s: s["role"] == "speaker" and s["mic_on"])
+    both_hear()
+
+    before = restartable.service.voice.current(room_id)
+    epoch, key = before.epoch, before.key
+    restartable.restart()  # a new server on the same database
+    restarted_at = time.monotonic()
+    after = restartable.service.voice.current(room_id)
+    assert (after.epoch, after.key) == (epoch, key)  # the key survived, no rotation
+    both_hear()
+    # What the two said after the restart opens with the keys carl got before it.
+    frames = tap.wait(
+        lambda fs: all(
+            sum(f.at > restarted_at and f.speaker == who for f in fs) >= 10
+            for who in ("pi-host", "pi-ann")
+        )
+    )
+    carl_keys += media_key_pushes(carl, room_id)
+    since = [f for f in frames if f.at > restarted_at]
+    assert {f.epoch for f in since} == {epoch}
+    assert all(opens(keyring(carl_keys), f) for f in since)
+
+    # Epochs continue from the stored one: a join into the old epoch makes epoch + 1,
+    # which both speakers seal with and both open (and carl, by its push).
+    restartable.running.clock.advance(2.5)
+    dave_media = clients("dave").call("login_room", room_id=room_id)["media"]
+    assert dave_media["epoch"] == epoch + 1
+    push = carl.next_inbox("media_key")
+    assert isinstance(push, m.MediaKeyPush) and push.epoch == epoch + 1
+    carl_keys.append(push)
+    frames = tap.wait(
+        lambda fs: all(len(of_epochs(fs, {epoch + 1}, who)) >= 10 for who in ("pi-host", "pi-ann"))
+    )
+    both_hear()
+    for frame in of_epochs(frames, {epoch + 1}):
+        assert opens(keyring(carl_keys), frame) and opens(keyring([dave_media]), frame)
