@@ -8,6 +8,7 @@ test opens the captured frames with exactly the keys a given party was handed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from appliance.protocol import topics, voice
 from appliance.server.rules import RoomService
 from testbed import Broker, MqttClientFactory
 from testbed.daemons import CoapClient, InProcessDaemon, wait_until
-from testbed.server import RunningServer, connect
+from testbed.server import OffsetClock, RunningServer, connect
 from testbed.voice import AudioTap, Captured, decode_key, keyring, media_key_pushes, opens
 
 TONE = {"mock_input": "tone:440"}
@@ -58,23 +59,31 @@ class RestartableServer:
 
     def __init__(self, broker: Broker, db: Path) -> None:
         self.broker, self.db = broker, db
-        self.running = RunningServer(broker, db).start()
+        self.clock = OffsetClock()  # one clock across restarts
+        self.running = RunningServer(broker, db, self.clock).start()
 
     @property
     def service(self) -> RoomService:
         assert self.running.server is not None
         return self.running.server.service
 
-    def restart(self) -> None:
+    def stop(self) -> None:
         self.running.stop()
-        self.running = RunningServer(self.broker, self.db).start()
+
+    def start(self) -> None:
+        self.running = RunningServer(self.broker, self.db, self.clock).start()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 @pytest.fixture
 def restartable(broker: Broker, tmp_path: Path) -> Iterator[RestartableServer]:
     server = RestartableServer(broker, tmp_path / "voice.db")
     yield server
-    server.running.stop()
+    with contextlib.suppress(RuntimeError):  # already stopped by a failed test
+        server.running.stop()
 
 
 def of_epochs(
@@ -339,7 +348,7 @@ def test_two_speakers_hear_each_other_across_a_server_restart(
 
     # Epochs continue from the stored one: a join into the old epoch makes epoch + 1,
     # which both speakers seal with and both open (and carl, by its push).
-    restartable.running.clock.advance(2.5)
+    restartable.clock.advance(2.5)
     dave_media = clients("dave").call("login_room", room_id=room_id)["media"]
     assert dave_media["epoch"] == epoch + 1
     push = carl.next_inbox("media_key")
@@ -351,3 +360,34 @@ def test_two_speakers_hear_each_other_across_a_server_restart(
     both_hear()
     for frame in of_epochs(frames, {epoch + 1}):
         assert opens(keyring(carl_keys), frame) and opens(keyring([dave_media]), frame)
+
+
+def test_a_departure_just_before_a_server_restart_still_rotates(
+    restartable: RestartableServer,
+    daemons: Callable[..., InProcessDaemon],
+    taps: Callable[..., AudioTap],
+    clients: Callable[[str], GoChatClient],
+) -> None:
+    host = daemons("pi-host", mode="host", subject="Crash", audio=TONE)
+    room_id = host.status["room_id"]
+    tap = taps(room_id)
+    bob, ann = clients("bob"), clients("ann")
+    restartable.clock.advance(2.5)
+    bob_media = bob.call("login_room", room_id=room_id)["media"]  # rotates: a young epoch
+    ann_media = ann.call("login_room", room_id=room_id)["media"]
+    epoch = ann_media["epoch"]
+    ann.call("quit_room", room_id=room_id)  # its rotation waits for the epoch's 2 s mark
+    restartable.stop()
+    assert restartable.service.voice.current(room_id).rotate_at is not None  # still pending
+    restartable.clock.advance(3.0)  # the rotation fell due while the server was away
+    restartable.start()
+
+    rotation = bob.next_inbox("media_key", timeout_s=5)
+    while isinstance(rotation, m.MediaKeyPush) and rotation.epoch <= epoch:
+        rotation = bob.next_inbox("media_key", timeout_s=5)
+    assert isinstance(rotation, m.MediaKeyPush) and rotation.epoch == epoch + 1
+    frames = tap.wait(lambda fs: len(of_epochs(fs, {epoch + 1})) >= 10)
+    ann_keys = keyring([ann_media, *media_key_pushes(ann, room_id)])
+    bob_keys = keyring([bob_media, *media_key_pushes(bob, room_id), rotation])
+    for frame in of_epochs(frames, {epoch + 1}):
+        assert opens(bob_keys, frame) and not opens(ann_keys, frame)
