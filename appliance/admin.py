@@ -44,7 +44,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from appliance import brokerconf
+from appliance import brokerconf, ca
 from appliance.protocol.topics import SERVER_USER_ID, is_user_id
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
@@ -321,9 +321,28 @@ def _parser() -> argparse.ArgumentParser:
     conf = sub.add_parser(
         "broker-conf", help="print the shipped mosquitto.conf for a private loopback broker"
     )
-    conf.add_argument("--port", type=int, required=True, help="loopback port to listen on")
+    conf.add_argument(
+        "--port", type=int, required=True, help="loopback port for TLS with passwords"
+    )
+    conf.add_argument("--cert-port", type=int, help="for TLS with client certificates (PORT+1)")
+    conf.add_argument("--plain-port", type=int, help="for plain MQTT (PORT+2)")
     conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
+    conf.add_argument(
+        "--ca", type=Path, help="CA directory, made on first use (default DIR/tls)"
+    )
     return parser
+
+
+def _broker_conf(args: argparse.Namespace) -> str:
+    """A private broker's configuration; its CA and certificate are made if missing."""
+    port: int = args.port
+    ports = {
+        brokerconf.TLS_PORT: port,
+        brokerconf.CERT_PORT: args.cert_port or port + 1,
+        brokerconf.PLAIN_PORT: args.plain_port or port + 2,
+    }
+    tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
+    return brokerconf.private_conf(ports, args.dir, tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -336,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     if args.command == "broker-conf":
-        sys.stdout.write(brokerconf.private_conf(args.port, args.dir))
+        sys.stdout.write(_broker_conf(args))
         return 0
     passwd: Path = args.passwd_file
     secret_dir: Path = args.secret_dir
