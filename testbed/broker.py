@@ -57,6 +57,20 @@ def test_ca() -> tuple[pki.PrivateKey, x509.Certificate]:
     return pki.create_ca("GoChat test CA")
 
 
+def device_tls_env(directory: Path, name: str) -> dict[str, str]:
+    """A CA certificate, and a key and certificate for device ``name`` from the test CA,
+    written to ``directory``; returns the ``GOCHAT_BROKER__TLS_*`` variables naming them
+    (for configs like the shipped example, which expects them)."""
+    ca_key, ca_cert = test_ca()
+    key = pki.generate_key()
+    files = {"CA": directory / "ca.crt", "CERT": directory / f"{name}.crt"}
+    files["KEY"] = directory / f"{name}.key"
+    pki.save_pem(files["CA"], ca_cert)
+    pki.save_pem(files["CERT"], pki.sign_csr(ca_key, ca_cert, pki.make_csr(key, name)))
+    pki.save_private_key(files["KEY"], key)
+    return {f"GOCHAT_BROKER__TLS_{kind}_FILE": str(path) for kind, path in files.items()}
+
+
 def tls_context(ca_file: Path) -> ssl.SSLContext:
     """A client context that verifies the broker (certificate and host name)."""
     return ssl.create_default_context(cafile=str(ca_file))
