@@ -370,6 +370,13 @@ def _tls_commands(
     sign.add_argument("request", type=Path, metavar="REQUEST", help="the device.csr file")
     ca_dir(sign)
     sign.add_argument("--out", type=Path, help="certificate file (default: REQUEST as .crt)")
+    renew = sub.add_parser("crl-renew", help="re-issue the CRL before it expires")
+    ca_dir(renew)
+    renew.add_argument(
+        "--broker-dir",
+        default=str(DEFAULT_BROKER_DIR),
+        help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
+    )
     revoke = sub.add_parser(
         "revoke", help="revoke a device's certificates, reload the broker, cut its session"
     )
@@ -412,6 +419,15 @@ def _sign_device(args: argparse.Namespace) -> int:
     print(f"certificate for {name}: {out}")
     print(f"copy it and {args.ca / ca.CA_CERT} to the device's /etc/gochat/tls/")
     print("(as device.crt and ca.crt), then: systemctl restart gochat-appliance")
+    return 0
+
+
+def _crl_renew(args: argparse.Namespace) -> int:
+    group = ca.broker_group()
+    crl = ca.renew_crl(args.ca, group=group)
+    if args.broker_dir and Path(args.broker_dir).is_dir():
+        crl = ca.install_crl(args.ca, Path(args.broker_dir), group=group)
+    print(f"renewed {crl}: reload the broker (systemctl reload mosquitto)")
     return 0
 
 
@@ -527,6 +543,7 @@ _TLS_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ca-init": _ca_init,
     "sign-device": _sign_device,
     "revoke": _revoke,
+    "crl-renew": _crl_renew,
 }
 
 

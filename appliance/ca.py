@@ -135,6 +135,16 @@ def revoke_device(directory: Path, name: str, *, group: str | None = None) -> in
     return len(serials)
 
 
+def renew_crl(directory: Path, *, group: str | None = None) -> Path:
+    """Re-issue the CRL with the same entries and a fresh ``nextUpdate``: an expired CRL
+    makes the broker refuse every client certificate. Returns its path."""
+    ca_key, ca_cert = _load_ca(directory)
+    crl_path = directory / CRL
+    previous = pki.load_crl(crl_path) if crl_path.exists() else None
+    pki.save_pem(crl_path, pki.revoke(ca_key, ca_cert, previous=previous), group=group)
+    return crl_path
+
+
 def install_broker_files(tls: TlsFiles, broker_dir: Path, *, group: str | None) -> list[Path]:
     """Copy the CA certificate, the broker's certificate and key and the CRL to where
     Mosquitto reads them (key 0640 with ``group``, the rest 0644); return the paths."""

@@ -226,3 +226,15 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
     assert admin.main([*argv[:3], "--hosts", "broker.example", "--broker-dir", ""]) == 0
     assert (ca_dir / "ca.crt").read_bytes() == first_ca
     assert pki.load_certificate(ca_dir / "server.crt").serial_number != cert.serial_number
+
+
+def test_crl_renew_keeps_the_revoked_and_moves_next_update(broker: Broker) -> None:
+    broker.issue_device("pi-a")
+    broker.revoke("pi-a")
+    before = pki.load_crl(broker.tls.crl)
+    assert admin.main(["crl-renew", "--ca", str(broker.tls_dir), "--broker-dir", ""]) == 0
+    after = pki.load_crl(broker.tls.crl)
+    cert = pki.load_certificate(broker.device_files("pi-a")[0])
+    assert pki.is_revoked(after, cert)
+    assert after.next_update_utc >= before.next_update_utc
+    assert after.last_update_utc >= before.last_update_utc
