@@ -94,11 +94,14 @@ def explain_error(exc: BaseException) -> str:
 
 
 class _ExplainFilter(logging.Filter):
-    """Rewrites paho's error lines with :func:`explain_error`."""
+    """Passes on paho's TLS errors, explained (:func:`explain_error`); the others (a
+    connection reset, ...) the owner already reports as a lost link."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = "broker link: " + explain_error(OSError(record.getMessage()))
-        record.args = ()
+        text = explain_error(OSError(record.getMessage()))
+        if not text.startswith("TLS"):
+            return False
+        record.msg, record.args = f"broker link: {text}", ()
         return True
 
 
