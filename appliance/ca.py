@@ -67,7 +67,8 @@ def init_ca(
     A broker certificate that does not name exactly ``hosts`` is re-issued (same key).
     ``group``: the broker key's group (see :func:`broker_group`).
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)  # the CA's key lives here
     files = tls_files(directory)
     ca_key_path = directory / CA_KEY
     if ca_key_path.exists() and files.ca.exists():

@@ -210,6 +210,7 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
     argv = ["ca-init", "--ca", str(ca_dir), "--hosts", "broker.lan,10.0.0.2"]
     assert admin.main([*argv, "--broker-dir", str(broker_dir)]) == 0
     assert stat.S_IMODE((ca_dir / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(ca_dir.stat().st_mode) == 0o700
     assert not (broker_dir / "ca.key").exists()  # the CA's key stays with the CA
     key = broker_dir / "server.key"
     for name in ("ca.crt", "server.crt", "crl.pem"):
