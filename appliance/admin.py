@@ -359,7 +359,8 @@ def _tls_commands(
     init.add_argument(
         "--hosts",
         default=",".join(pki.DEFAULT_HOSTS),
-        help="comma-separated names and addresses clients dial (default %(default)s)",
+        help="comma-separated names and addresses clients dial (127.0.0.1 and"
+        " localhost are always added)",
     )
     init.add_argument(
         "--broker-dir",
@@ -402,6 +403,8 @@ def _tls_commands(
 
 def _ca_init(args: argparse.Namespace) -> int:
     hosts = [h.strip() for h in str(args.hosts).split(",") if h.strip()]
+    # Same-host clients (the server, revoke's cut) dial the loopback: always valid there.
+    hosts += [h for h in pki.DEFAULT_HOSTS if h not in hosts]
     tls = ca.init_ca(args.ca, hosts, group=ca.broker_group())
     print(f"CA: {args.ca / ca.CA_CERT} (its key {args.ca / ca.CA_KEY}: keep it private)")
     if args.broker_dir:

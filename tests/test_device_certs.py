@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from appliance import admin, ca, pki
 from appliance.device import main as appliance_cli
@@ -221,6 +222,13 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
     else:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     cert = pki.load_certificate(broker_dir / "server.crt")
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(str(n.value) for n in names) == [
+        "10.0.0.2",
+        "127.0.0.1",
+        "broker.lan",
+        "localhost",
+    ]
     first_ca = (ca_dir / "ca.crt").read_bytes()
     assert f"broker file: {key}" in capsys.readouterr().out
     # Again, for another name: the CA is kept (issued certificates stay valid).
