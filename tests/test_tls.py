@@ -238,3 +238,19 @@ def test_explain_error_names_the_broker_alerts() -> None:
     assert explain_error(ConnectionRefusedError(111, "Connection refused")) == (
         "[Errno 111] Connection refused"
     )
+
+
+def test_the_appliance_says_its_certificate_has_expired(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert_path, key_path = broker.issue_device("dev-1")
+    ca_key = pki.load_private_key(broker.tls_dir / "ca.key")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    csr = pki.make_csr(pki.load_private_key(key_path), "dev-1")
+    pki.save_pem(
+        cert_path, pki.sign_csr(ca_key, pki.load_certificate(broker.ca_file), csr, days=1, now=past)
+    )
+    with caplog.at_level(logging.WARNING):
+        _session_reason(broker.settings("dev-1", cert=True), "dev-1")
+    lines = [r.getMessage() for r in caplog.records if "broker link: TLS" in r.getMessage()]
+    assert lines and "it has expired" in lines[0]
