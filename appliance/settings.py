@@ -7,6 +7,7 @@ points turn it into exit status 78 (EX_CONFIG) so systemd does not restart-loop.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import tomllib
 from pathlib import Path
@@ -84,6 +85,12 @@ class BrokerSettings(Section):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_cert_file is not None and self.tls_ca_file is None:
             raise ValueError("a client certificate needs tls_ca_file (TLS) too")
+        if self.tls_ca_file is None and not _is_loopback(self.host):
+            # docs/protocol.md 1.2: no credentials in plain text over a network.
+            raise ValueError(
+                f"host {self.host!r} without TLS: plain MQTT is for the loopback only"
+                " (set tls_ca_file)"
+            )
         if self.tls_ca_file is not None:
             self.tls_context()  # unreadable or mismatched files: an error now, not later
         return self
@@ -112,6 +119,15 @@ class BrokerSettings(Section):
             return None
         lines = self.password_file.read_text(encoding="utf-8").splitlines()
         return SecretStr(lines[0].strip() if lines else "")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that is not "localhost" may lead anywhere
 
 
 class FileSettings(BaseSettings):

@@ -254,3 +254,12 @@ def test_the_appliance_says_its_certificate_has_expired(
         _session_reason(broker.settings("dev-1", cert=True), "dev-1")
     lines = [r.getMessage() for r in caplog.records if "broker link: TLS" in r.getMessage()]
     assert lines and "it has expired" in lines[0]
+
+
+def test_plain_mqtt_is_for_the_loopback_only(broker: Broker) -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert BrokerSettings(host=host).host == host
+    for host in ("10.0.0.7", "broker.lan"):
+        with pytest.raises(ValueError, match="without TLS: plain MQTT is for the loopback"):
+            BrokerSettings(host=host)
+        assert BrokerSettings(host=host, tls_ca_file=broker.ca_file).port == 8884
