@@ -263,3 +263,16 @@ def test_plain_mqtt_is_for_the_loopback_only(broker: Broker) -> None:
         with pytest.raises(ValueError, match="without TLS: plain MQTT is for the loopback"):
             BrokerSettings(host=host)
         assert BrokerSettings(host=host, tls_ca_file=broker.ca_file).port == 8884
+
+
+def test_the_appliance_says_its_certificate_is_from_another_ca(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert_path, key_path = broker.issue_device("dev-1")
+    other_key, other_ca = pki.create_ca("Someone else's CA")
+    csr = pki.make_csr(pki.load_private_key(key_path), "dev-1")
+    pki.save_pem(cert_path, pki.sign_csr(other_key, other_ca, csr))
+    with caplog.at_level(logging.WARNING):
+        _session_reason(broker.settings("dev-1", cert=True), "dev-1")
+    lines = [r.getMessage() for r in caplog.records if "broker link: TLS" in r.getMessage()]
+    assert lines and "signed by a CA it does not trust" in lines[0]
