@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import grp
 import shutil
+import ssl
 import stat
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +22,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from appliance import admin, ca, pki
+from appliance import admin, brokerconf, ca, pki
 from appliance.device import main as appliance_cli
 from appliance.device.settings import ApplianceSettings
 from appliance.mqtt import make_client
 from appliance.settings import EX_CONFIG, BrokerSettings, ConfigError
-from testbed import Broker, MqttClientFactory
+from testbed import Broker, MqttClientFactory, free_port, probe_login
+from testbed.broker import SHIPPED_ACL
 from testbed.daemons import InProcessDaemon, to_toml
 from testbed.server import RunningServer
 
@@ -247,3 +251,67 @@ def test_crl_renew_keeps_the_revoked_and_moves_next_update(broker: Broker) -> No
     assert pki.is_revoked(after, cert)
     assert after.next_update_utc >= before.next_update_utc
     assert after.last_update_utc >= before.last_update_utc
+
+
+@pytest.mark.skipif(ca.broker_group() is None, reason="needs root and a mosquitto group")
+def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
+    """What an operator gets: ``ca-init`` and ``add-device`` as root into the broker's
+    directory, the shipped conf with ``user mosquitto``: the broker, having dropped
+    root, reads every file and serves both TLS listeners."""
+    with tempfile.TemporaryDirectory() as raw:
+        root = Path(raw)
+        root.chmod(0o755)
+        ca_dir, broker_dir = root / "ca", root / "broker"
+        broker_dir.mkdir(mode=0o750)
+        shutil.chown(broker_dir, group="mosquitto")
+        assert admin.main(["ca-init", "--ca", str(ca_dir), "--broker-dir", str(broker_dir)]) == 0
+        acl = broker_dir / "acl"
+        shutil.copy(SHIPPED_ACL, acl)
+        acl.chmod(0o640)
+        shutil.chown(acl, group="mosquitto")
+        passwd, secrets_dir = broker_dir / "passwd", root / "secrets"
+        admin.add_user(passwd, secrets_dir, "pi-pw")
+        ports = {brokerconf.TLS_PORT: free_port(), brokerconf.CERT_PORT: free_port()}
+        ports[brokerconf.PLAIN_PORT] = free_port()
+        conf = root / "mosquitto.conf"
+        conf.write_text(
+            brokerconf.render_conf(
+                brokerconf.SHIPPED_CONF.read_text(encoding="utf-8"),
+                ports=ports,
+                passwd_file=passwd,
+                acl_file=acl,
+                data_dir=None,
+                log_file=None,
+                tls=ca.tls_files(broker_dir),
+                run_as="mosquitto",
+            ),
+            encoding="utf-8",
+        )
+        proc = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            password = (secrets_dir / "pi-pw.password").read_text().strip()
+            tls = ssl.create_default_context(cafile=str(broker_dir / "ca.crt"))
+            deadline = time.monotonic() + 5
+            while probe_login("127.0.0.1", ports[brokerconf.TLS_PORT], "pi-pw", password, tls=tls):
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the broker never accepted the login"
+                time.sleep(0.05)
+            key = pki.generate_key()
+            _, cert = ca.sign_device(ca_dir, pki.make_csr(key, "pi-a"))
+            device = root / "pi-a"
+            pki.save_private_key(device / "device.key", key)
+            pki.save_pem(device / "device.crt", cert)
+            shutil.copy(broker_dir / "ca.crt", device / "ca.crt")
+            settings = BrokerSettings(
+                host="127.0.0.1",
+                port=ports[brokerconf.CERT_PORT],
+                tls_ca_file=device / "ca.crt",
+                tls_cert_file=device / "device.crt",
+                tls_key_file=device / "device.key",
+            )
+            assert _connects(settings, "pi-a")
+        finally:
+            proc.terminate()
+            proc.wait(10)
