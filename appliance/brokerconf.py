@@ -1,15 +1,18 @@
 """A private Mosquitto configuration rendered from the shipped one.
 
-``make run`` and the tests run their own broker on a loopback port with the *shipped*
+``make run`` and the tests run their own broker on loopback ports with the *shipped*
 ``config/mosquitto/mosquitto.conf`` and ACL, so what they exercise is what is deployed:
-:func:`render_conf` changes only the listener's port, the file paths, the log
-destination and the user. ``gochat-admin broker-conf`` prints it.
+:func:`render_conf` changes only the listeners' ports (and binds them to loopback),
+the file paths (TLS files included), the log destination and the user.
+``gochat-admin broker-conf`` prints it.
 """
 
 from __future__ import annotations
 
 import getpass
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "mosquitto"
@@ -17,28 +20,52 @@ SHIPPED_CONF = REPO_CONFIG / "mosquitto.conf"
 SHIPPED_ACL = REPO_CONFIG / "acl"
 LOOPBACK = "127.0.0.1"
 
+# The shipped listeners (docs/protocol.md section 1.2).
+PLAIN_PORT = 1883  # plain MQTT, loopback only
+CERT_PORT = 8883  # TLS, the client certificate is the identity
+TLS_PORT = 8884  # TLS, username and password
+
 _LISTENER_RE = re.compile(r"^listener\s+(\d+)(?:\s+(\S+))?\s*$")
+_TLS_KEYS = ("cafile", "certfile", "keyfile", "crlfile")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where a private broker's CA certificate, own certificate and key, and CRL are."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    crl: Path
+
+    def path(self, key: str) -> Path:
+        """The file for a listener option (``cafile`` ...)."""
+        return {"cafile": self.ca, "certfile": self.cert, "keyfile": self.key, "crlfile": self.crl}[
+            key
+        ]
 
 
 def render_conf(
     template: str,
     *,
-    port: int,
+    ports: Mapping[int, int],
     passwd_file: Path,
     acl_file: Path,
     data_dir: Path | None,
     log_file: Path | None,
+    tls: TlsFiles,
     run_as: str | None = None,
 ) -> str:
     """The shipped ``mosquitto.conf`` text, localised for a private broker.
 
-    Substitutes: the (single, loopback) listener's port; ``password_file``;
-    ``acl_file``; ``persistence_location`` (``data_dir``; None turns persistence
-    off); ``log_dest`` (``log_file``; None keeps the template's); ``user``
-    (``run_as``, default the current user, so that a root test run does not drop
-    to ``mosquitto`` and lose access to its temp files). ``pid_file`` is dropped.
-    Every other line, limits and listener options included, is kept verbatim.
-    Raises ValueError if the template has other than one plain listener.
+    ``ports`` maps each of the template's listener ports to the port to use; every
+    listener is bound to 127.0.0.1. Substitutes: ``password_file``; ``acl_file``;
+    ``cafile``/``certfile``/``keyfile``/``crlfile`` (``tls``); ``persistence_location``
+    (``data_dir``; None turns persistence off); ``log_dest`` (``log_file``; None keeps
+    the template's); ``user`` (``run_as``, default the current user, so that a root run
+    does not drop to ``mosquitto`` and lose access to its 0700 temp dir). ``pid_file``
+    is dropped. Every other line, limits and listener options included, is kept
+    verbatim. Raises ValueError for a listener ``ports`` does not map.
     """
     substitutes: dict[str, str | None] = {
         "user": f"user {run_as or getpass.getuser()}",
@@ -54,19 +81,16 @@ def render_conf(
     for line in _settings(template):
         key = line.split(None, 1)[0]
         if key == "listener":
-            out.append(_listener(line, port, out))
+            out.append(_listener(line, ports))
         elif key in _TLS_KEYS:
-            raise ValueError(f"render_conf does not support TLS listeners: {line}")
+            out.append(f"{key} {tls.path(key)}")  # per listener: never deduplicated
         elif key not in substitutes:
             out.append(line)
         elif (new := substitutes[key]) is not None and new not in out:
             out.append(new)
     if not any(line.startswith("listener ") for line in out):
-        raise ValueError("render_conf needs exactly one listener in the template")
+        raise ValueError("render_conf needs at least one listener in the template")
     return "\n".join(out) + "\n"
-
-
-_TLS_KEYS = frozenset({"certfile", "keyfile", "cafile", "capath"})
 
 
 def _settings(template: str) -> list[str]:
@@ -75,23 +99,29 @@ def _settings(template: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _listener(line: str, port: int, rendered: list[str]) -> str:
-    if _LISTENER_RE.match(line) is None or any(x.startswith("listener ") for x in rendered):
-        raise ValueError(f"render_conf supports one plain listener, not: {line}")
-    return f"listener {port} {LOOPBACK}"
+def _listener(line: str, ports: Mapping[int, int]) -> str:
+    match = _LISTENER_RE.match(line)
+    if match is None or int(match.group(1)) not in ports:
+        raise ValueError(f"render_conf has no port for: {line}")
+    return f"listener {ports[int(match.group(1))]} {LOOPBACK}"
 
 
 def private_conf(
-    port: int, workdir: Path, acl: Path = SHIPPED_ACL, log_file: Path | None = None
+    ports: Mapping[int, int],
+    workdir: Path,
+    tls: TlsFiles,
+    acl: Path = SHIPPED_ACL,
+    log_file: Path | None = None,
 ) -> str:
     """The configuration for a private broker keeping its files in ``workdir``."""
     workdir = workdir.resolve()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     return render_conf(
         SHIPPED_CONF.read_text(encoding="utf-8"),
-        port=port,
+        ports=ports,
         passwd_file=workdir / "passwd",
         acl_file=acl.resolve(),
         data_dir=workdir / "data",
         log_file=log_file.resolve() if log_file else None,
+        tls=tls,
     )

@@ -11,9 +11,11 @@ import itertools
 import json
 import os
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -37,13 +39,23 @@ class GoChatClient:
     """One user's connection to the broker, blocking API."""
 
     def __init__(
-        self, host: str, port: int, user_id: str, password: str, *, timeout_s: float = 5.0
+        self,
+        host: str,
+        port: int,
+        user_id: str,
+        password: str,
+        *,
+        timeout_s: float = 5.0,
+        tls_ca_file: Path | None = None,
     ) -> None:
+        """``tls_ca_file``: connect over TLS, verifying the broker against that CA."""
         self.user_id = user_id
         self.timeout_s = timeout_s
         self._host, self._port = host, port
         self._mqtt = new_client(user_id)
         self._mqtt.username_pw_set(user_id, password)
+        if tls_ca_file is not None:
+            self._mqtt.tls_set_context(ssl.create_default_context(cafile=str(tls_ca_file)))
         self._mqtt.will_set(topics.presence(user_id), b"offline", qos=1, retain=True)
         self._mqtt.on_message = self._on_message
         self._mqtt.on_connect = self._on_connect

@@ -52,16 +52,62 @@ def make_client(broker: BrokerSettings, username: str) -> paho.Client:
     password = broker.password()
     client.username_pw_set(username, password.get_secret_value() if password else None)
     if broker.tls_ca_file is not None:
-        client.tls_set(
-            ca_certs=str(broker.tls_ca_file),
-            certfile=str(broker.tls_cert_file) if broker.tls_cert_file else None,
-            keyfile=str(broker.tls_key_file) if broker.tls_key_file else None,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        # TLS 1.2 at least (docs/protocol.md 1.2); the broker's name is checked.
+        context = broker.tls_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        client.tls_set_context(context)
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+    # paho reports a socket error while reading (e.g. the broker's TLS alert when it
+    # refuses our certificate) only to its log: pass its errors on, explained. Not
+    # on_log: paho formats every packet's debug line for it.
+    client.enable_logger(_paho_log)
     # Requests and responses are small; a deep queue only hides a dead link.
     client.max_queued_messages_set(1000)
     return client
+
+
+# What a TLS alert from the broker means for us (OpenSSL's alert descriptions).
+_ALERTS = (
+    ("certificate revoked", "the broker refused our client certificate: it is revoked"),
+    ("certificate expired", "the broker refused our client certificate: it has expired"),
+    ("unknown ca", "the broker refused our client certificate: signed by a CA it does not trust"),
+    ("certificate required", "the broker wants a client certificate on this port"),
+    ("bad certificate", "the broker refused our client certificate"),
+    ("certificate unknown", "the broker refused our client certificate"),
+)
+
+
+def explain_error(exc: BaseException) -> str:
+    """One line saying why a connection to the broker failed, TLS failures explained."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the broker's certificate is not trusted ({exc.verify_message}): check"
+            " broker.tls_ca_file, and that broker.host is a name in the broker's certificate"
+        )
+    text = " ".join(str(exc).split())
+    for needle, meaning in _ALERTS:
+        if needle in text.lower():
+            return f"TLS: {meaning} ({text})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {text}"
+    return text
+
+
+class _ExplainFilter(logging.Filter):
+    """Passes on paho's TLS errors, explained (:func:`explain_error`); the others (a
+    connection reset, ...) the owner already reports as a lost link."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = explain_error(OSError(record.getMessage()))
+        if not text.startswith("TLS"):
+            return False
+        record.msg, record.args = f"broker link: {text}", ()
+        return True
+
+
+_paho_log = logging.getLogger("gochat.mqtt.paho")
+_paho_log.setLevel(logging.ERROR)  # paho's errors only: never a line per packet
+_paho_log.addFilter(_ExplainFilter())
 
 
 def publish_properties(
@@ -163,8 +209,8 @@ class LoopDriver:
             # A blocking TCP connect: immediate on loopback and a LAN, bounded by paho's
             # connect timeout otherwise; nothing else could happen without a broker.
             self._client.connect(host, port, keepalive)
-        except (OSError, ValueError) as exc:
-            log.warning("broker %s:%d unreachable: %s", host, port, exc)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.warning("cannot connect to the broker at %s:%d: %s", host, port, explain_error(exc))
             self.disconnected()
 
     def _socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:

@@ -447,6 +447,7 @@ class Observer:
         self._subscribed = threading.Event()
         self._client = new_client(user)
         self._client.username_pw_set(user, password)
+        self._client.tls_set_context(broker.tls_context())
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_connect = lambda c, *_: c.subscribe(topic, 0)

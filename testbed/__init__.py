@@ -1,6 +1,7 @@
 """The test bed: the system's real parts, started for tests and benchmarks.
 
-* :mod:`.broker`: a real Mosquitto on a free loopback port, with the shipped config.
+* :mod:`.broker`: a real Mosquitto on free loopback ports, with the shipped config,
+  TLS with a test CA, and the certificate helpers.
 * :mod:`.mqtt`: recording MQTT clients.
 * :mod:`.server`: the business server, in-process on an offset clock or as a process.
 * :mod:`.daemons`: appliance daemons, in-process on a thread or as processes, driven

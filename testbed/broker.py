@@ -1,18 +1,26 @@
 """A real Mosquitto for tests and development, configured like production.
 
-:class:`Broker` runs ``mosquitto`` on a free loopback port in its own directory. Its
+:class:`Broker` runs ``mosquitto`` on free loopback ports in its own directory. Its
 configuration is the shipped ``config/mosquitto/mosquitto.conf`` with only the
-listener port, the file paths, the log destination and ``user`` substituted
+listeners' ports, the file paths, the log destination and ``user`` substituted
 (:func:`render_conf`), and its ACL *is* the shipped ``config/mosquitto/acl``: the
 tests prove what is deployed. Accounts are made by :mod:`appliance.admin`, the same
-code as ``gochat-admin``.
+code as ``gochat-admin``; certificates by :mod:`appliance.ca`, the same code as
+``gochat-admin ca-init | sign-device | revoke``.
+
+TLS: every broker has its own broker certificate (for 127.0.0.1 and localhost) and CRL,
+signed by one CA made once per process (:func:`test_ca`). Clients use :attr:`Broker.port`
+(TLS + password), :attr:`Broker.cert_port` (TLS + client certificate) or, where a test
+needs it, :attr:`Broker.plain_port` (the shipped plain loopback listener).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -21,8 +29,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from appliance import admin
-from appliance.brokerconf import LOOPBACK, SHIPPED_ACL, SHIPPED_CONF, render_conf
+from cryptography import x509
+
+from appliance import admin, ca, pki
+from appliance.brokerconf import (
+    CERT_PORT,
+    LOOPBACK,
+    PLAIN_PORT,
+    SHIPPED_ACL,
+    SHIPPED_CONF,
+    TLS_PORT,
+    TlsFiles,
+    render_conf,
+)
+from appliance.settings import BrokerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +50,30 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # accepts its newest password, it has read every change written before it.
 PROBE_USER = "zz-broker-probe"
 
+
+@functools.cache
+def test_ca() -> tuple[pki.PrivateKey, x509.Certificate]:
+    """The CA of every test broker in this process (made on first use)."""
+    return pki.create_ca("GoChat test CA")
+
+
+def device_tls_env(directory: Path, name: str) -> dict[str, str]:
+    """A CA certificate, and a key and certificate for device ``name`` from the test CA,
+    written to ``directory``; returns the ``GOCHAT_BROKER__TLS_*`` variables naming them
+    (for configs like the shipped example, which expects them)."""
+    ca_key, ca_cert = test_ca()
+    key = pki.generate_key()
+    files = {"CA": directory / "ca.crt", "CERT": directory / f"{name}.crt"}
+    files["KEY"] = directory / f"{name}.key"
+    pki.save_pem(files["CA"], ca_cert)
+    pki.save_pem(files["CERT"], pki.sign_csr(ca_key, ca_cert, pki.make_csr(key, name)))
+    pki.save_private_key(files["KEY"], key)
+    return {f"GOCHAT_BROKER__TLS_{kind}_FILE": str(path) for kind, path in files.items()}
+
+
+def tls_context(ca_file: Path) -> ssl.SSLContext:
+    """A client context that verifies the broker (certificate and host name)."""
+    return ssl.create_default_context(cafile=str(ca_file))
 
 
 class BrokerError(RuntimeError):
@@ -85,7 +129,11 @@ class Broker:
         self.conf_template = Path(conf_template)
         self.persistence = persistence
         self.port = port if port is not None else 0
+        self.cert_port = 0
+        self.plain_port = 0
         self._fixed_port = port is not None
+        self.tls_dir = self.workdir / "tls"
+        self.tls: TlsFiles = self._init_tls()
         self._proc: subprocess.Popen[bytes] | None = None
         self._passwords: dict[str, str] = {}
         self._probe_password: str | None = None
@@ -117,6 +165,8 @@ class Broker:
         for attempt in range(attempts):
             if not self._fixed_port:
                 self.port = free_port()
+            if not self._fixed_port or not self.cert_port:
+                self.cert_port, self.plain_port = free_port(), free_port()
             try:
                 self._spawn(timeout)
             except BrokerError:
@@ -151,7 +201,7 @@ class Broker:
         self._proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if probe_login(self.host, self.port, PROBE_USER, probe) == 0:
+            if self.probe_login(PROBE_USER, probe) == 0:
                 return
             if not self.running:
                 raise BrokerError(f"broker died on reload\n{self._output()}")
@@ -212,6 +262,66 @@ class Broker:
             raise KeyError(name)
         return admin.secret_path(self.secret_dir, name)
 
+    # --- TLS ----------------------------------------------------------------------
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients verify this broker with."""
+        return self.tls.ca
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client TLS context trusting this broker's CA."""
+        return tls_context(self.ca_file)
+
+    def issue_device(self, name: str) -> tuple[Path, Path]:
+        """A key and a certificate with CN ``name`` from this broker's CA, made the way a
+        device enrols (key, CSR, ``sign-device``); returns (certificate, key) paths."""
+        key = pki.generate_key()
+        _, cert = ca.sign_device(self.tls_dir, pki.make_csr(key, name))
+        cert_path, key_path = self.device_files(name)
+        pki.save_private_key(key_path, key)
+        pki.save_pem(cert_path, cert)
+        return cert_path, key_path
+
+    def device_files(self, name: str) -> tuple[Path, Path]:
+        """Where :meth:`issue_device` keeps ``name``'s (certificate, key)."""
+        directory = self.workdir / "devices"
+        return directory / f"{name}.crt", directory / f"{name}.key"
+
+    def revoke(self, name: str) -> None:
+        """Revoke ``name``'s certificates (``gochat-admin revoke``) and reload."""
+        ca.revoke_device(self.tls_dir, name)
+        self.reload()
+
+    def settings(self, user: str, *, cert: bool = False, **overrides: object) -> BrokerSettings:
+        """Client settings for ``user``: TLS with a password (created if missing), or
+        with ``cert`` its client certificate (issued if missing) on :attr:`cert_port`."""
+        values: dict[str, object] = {"host": self.host, "tls_ca_file": self.ca_file}
+        if cert:
+            cert_path, key_path = self.device_files(user)
+            if not cert_path.exists():
+                self.issue_device(user)
+            values.update(port=self.cert_port, tls_cert_file=cert_path, tls_key_file=key_path)
+        else:
+            if not self.has_user(user):
+                self.add_user(user)
+            values.update(port=self.port, password_file=self.password_file(user))
+        values.update(overrides)
+        return BrokerSettings.model_validate(values)
+
+    def probe_login(self, username: str, password: str, timeout: float = 1.0) -> int:
+        """:func:`probe_login` over TLS on :attr:`port`."""
+        return probe_login(
+            self.host, self.port, username, password, timeout, tls=self.tls_context()
+        )
+
+    def _init_tls(self) -> TlsFiles:
+        ca_key, ca_cert = test_ca()
+        if not (self.tls_dir / ca.CA_KEY).exists():
+            pki.save_private_key(self.tls_dir / ca.CA_KEY, ca_key)
+            pki.save_pem(self.tls_dir / ca.CA_CERT, ca_cert)
+        return ca.init_ca(self.tls_dir)
+
     # --- diagnostics ---------------------------------------------------------------
 
     def log_text(self) -> str:
@@ -228,7 +338,8 @@ class Broker:
             self.data_dir.mkdir(exist_ok=True)
         text = render_conf(
             self.conf_template.read_text(encoding="utf-8"),
-            port=self.port,
+            ports={TLS_PORT: self.port, CERT_PORT: self.cert_port, PLAIN_PORT: self.plain_port},
+            tls=self.tls,
             passwd_file=self.passwd_path,
             acl_file=self.acl_file,
             data_dir=self.data_dir if self.persistence else None,
@@ -289,11 +400,20 @@ class Broker:
         return "\n".join(p for p in parts if p)
 
 
-def probe_login(host: str, port: int, username: str, password: str, timeout: float = 1.0) -> int:
+def probe_login(
+    host: str,
+    port: int,
+    username: str,
+    password: str,
+    timeout: float = 1.0,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> int:
     """Try an MQTT 3.1.1 CONNECT; return the CONNACK return code (0 = accepted).
 
-    Hand-rolled (a dozen bytes each way) so a probe needs no client thread. Returns
-    -1 if the connection fails or closes without a CONNACK.
+    Hand-rolled (a dozen bytes each way) so a probe needs no client thread. ``tls``:
+    talk TLS with that context. Returns -1 if the connection fails or closes without
+    a CONNACK.
     """
 
     def utf8(value: str) -> bytes:
@@ -312,7 +432,10 @@ def probe_login(host: str, port: int, username: str, password: str, timeout: flo
         if not remaining:
             break
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if tls is not None:
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
             sock.sendall(bytes([0x10]) + bytes(length) + body)
             connack = b""
             while len(connack) < 4:

@@ -162,18 +162,24 @@ def appliance_config(
     mode: str = "idle",
     subject: str = "",
     room_id: str = "",
+    cert: bool = False,
     **sections: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """The sections of a config for ``user`` on ``broker`` (the account is created)."""
-    if not broker.has_user(user):
-        broker.add_user(user)
+    """The sections of a config for ``user`` on ``broker`` (the account is created).
+
+    TLS with a password; with ``cert``, a client certificate instead (issued if missing)
+    on the broker's certificate port.
+    """
+    extra = dict(sections.pop("broker", {}))
+    settings = broker.settings(user, cert=cert)
     config: dict[str, dict[str, Any]] = {
         "device": {"user_id": user, "name": user.title()},
         "broker": {
-            "host": broker.host,
-            "port": broker.port,
-            "password_file": str(broker.password_file(user)),
-        },
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in settings.model_dump(exclude_none=True, exclude_defaults=True).items()
+        }
+        | {"port": settings.port}
+        | extra,
         "room": {"mode": mode, "subject": subject, "room_id": room_id},
         "coap": {"bind": "127.0.0.1", "port": coap_port},
     }
@@ -212,6 +218,7 @@ class InProcessDaemon:
         mode: str = "idle",
         subject: str = "",
         room_id: str = "",
+        cert: bool = False,
         **sections: Mapping[str, Any],
     ) -> None:
         self.user = user
@@ -223,6 +230,7 @@ class InProcessDaemon:
             mode=mode,
             subject=subject,
             room_id=room_id,
+            cert=cert,
             **sections,
         )
         self.settings = ApplianceSettings.model_validate(config)
@@ -345,6 +353,7 @@ class DaemonProcess:
         subject: str = "",
         room_id: str = "",
         env: Mapping[str, str] | None = None,
+        cert: bool = False,
         **sections: Mapping[str, Any],
     ) -> None:
         self.user = user
@@ -358,6 +367,7 @@ class DaemonProcess:
             mode=mode,
             subject=subject,
             room_id=room_id,
+            cert=cert,
             **sections,
         )
         self.config_path.write_text(to_toml(config), encoding="utf-8")

@@ -18,9 +18,11 @@ thread-safe ``queue.Queue``. Read messages through either the queue or
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -271,6 +273,7 @@ def connect_client(
     keepalive: int = 15,
     expect_success: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    cert: bool = False,
 ) -> RecordingClient:
     """A :class:`RecordingClient` for ``user``, connected and its loop started.
 
@@ -279,9 +282,22 @@ def connect_client(
     retain). With ``expect_success`` (default) a refused CONNACK raises; without
     it, check ``client.connack`` yourself. The caller closes the client
     (:meth:`RecordingClient.close`, or ``with``).
+
+    Always TLS, verifying the broker: with a password on ``broker.port``, or with
+    ``cert`` as the holder of ``user``'s client certificate (issued if missing) on
+    ``broker.cert_port``.
     """
     client = RecordingClient(user, client_id=client_id)
-    client.username_pw_set(user, broker.password(user) if password is None else password)
+    port = broker.port
+    if cert:
+        cert_file, key_file = broker.device_files(user)
+        if not cert_file.exists():
+            broker.issue_device(user)
+        client.tls_set_context(_cert_context(broker, cert_file, key_file))
+        port = broker.cert_port
+    else:
+        client.tls_set_context(broker.tls_context())
+        client.username_pw_set(user, broker.password(user) if password is None else password)
     if will is not None:
         topic, payload, qos, retain = will
         client.will_set(topic, payload, qos=qos, retain=retain)
@@ -291,7 +307,7 @@ def connect_client(
         properties.SessionExpiryInterval = session_expiry_s
     client.connect(
         broker.host,
-        broker.port,
+        port,
         keepalive=keepalive,
         clean_start=clean_start,
         properties=properties,
@@ -306,3 +322,9 @@ def connect_client(
         client.loop_stop()
         raise MqttWaitError(f"{user}: CONNACK refused: {code} ({code.value:#04x})")
     return client
+
+
+def _cert_context(broker: Broker, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    context = broker.tls_context()
+    context.load_cert_chain(str(cert_file), str(key_file))
+    return context

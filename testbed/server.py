@@ -25,7 +25,6 @@ from appliance.server.app import Server
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings, StoreSettings
 from appliance.server.store import Store
-from appliance.settings import BrokerSettings
 
 from .broker import Broker
 
@@ -51,12 +50,7 @@ def server_settings(broker: Broker, db_path: Path) -> ServerSettings:
     if not broker.has_user(SERVER_USER_ID):
         broker.add_user(SERVER_USER_ID)
     return ServerSettings(
-        broker=BrokerSettings(
-            host=broker.host,
-            port=broker.port,
-            username=SERVER_USER_ID,
-            password_file=broker.password_file(SERVER_USER_ID),
-        ),
+        broker=broker.settings(SERVER_USER_ID, username=SERVER_USER_ID),
         store=StoreSettings(path=db_path),
     )
 
@@ -70,6 +64,7 @@ def server_env(broker: Broker, db_path: Path) -> dict[str, str]:
         "GOCHAT_BROKER__PORT": str(broker.port),
         "GOCHAT_BROKER__USERNAME": SERVER_USER_ID,
         "GOCHAT_BROKER__PASSWORD_FILE": str(settings.broker.password_file),
+        "GOCHAT_BROKER__TLS_CA_FILE": str(broker.ca_file),
         "GOCHAT_STORE__PATH": str(db_path),
     }
 
@@ -225,7 +220,9 @@ class ServerProcess:
 def connect(broker: Broker, user: str, *, login: bool = True) -> GoChatClient:
     """A connected (and, by default, logged-in) :class:`GoChatClient` for ``user``."""
     password = broker.password(user) if broker.has_user(user) else broker.add_user(user)
-    client = GoChatClient(broker.host, broker.port, user, password).connect()
+    client = GoChatClient(
+        broker.host, broker.port, user, password, tls_ca_file=broker.ca_file
+    ).connect()
     if login:
         client.login(user.title())
     return client

@@ -4,9 +4,13 @@
   port, persistence in the test's tmp dir), stopped after the test. Function
   scoped: retained messages and sessions never leak between tests, and a start
   costs ~20 ms.
+  Its listeners: TLS with passwords (``broker.port``), TLS with client certificates
+  (``broker.cert_port``; ``broker.issue_device``/``revoke``) and plain loopback
+  (``broker.plain_port``), all verified against one CA per test session.
 - ``mqtt_client``: a factory ``mqtt_client(broker, user, **kw) -> RecordingClient``
-  (see :func:`support.connect_client` for ``kw``); the user is created on the
-  broker if it does not exist yet; every client is closed after the test.
+  (see :func:`testbed.connect_client` for ``kw``; ``cert=True`` logs in with a client
+  certificate); the user is created on the broker if it does not exist yet; every
+  client is closed after the test. Every client speaks TLS.
 
 ``tests/`` is not a package, so pytest puts ``tests/`` on ``sys.path`` for this
 file and test modules import ``support`` directly.

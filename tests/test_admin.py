@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance import admin
-from testbed import Broker, probe_login
+from testbed import Broker
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -138,5 +138,5 @@ def test_an_account_made_by_the_cli_logs_in(
     assert run(["add-device", "dev-1", *argv], capsys)[0] == 0
     broker.reload()
     password = (broker.secret_dir / "dev-1.password").read_text().strip()
-    assert probe_login(broker.host, broker.port, "dev-1", password) == 0
-    assert probe_login(broker.host, broker.port, "dev-1", password + "x") != 0
+    assert broker.probe_login("dev-1", password) == 0
+    assert broker.probe_login("dev-1", password + "x") != 0

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--mock-hw", action="store_true", help="use the stand-in devices")
     test.add_argument("--seconds", type=float, default=3.0, help="recording length")
     test.add_argument("--wav", type=Path, default=None, help="keep the recording here")
+    enroll = sub.add_parser("enroll", help="make this device's TLS key and certificate request")
+    enroll.add_argument("--device", required=True, help="its user id (the certificate's CN)")
+    enroll.add_argument(
+        "--dir", type=Path, default=Path("/etc/gochat/tls"), help="default: %(default)s"
+    )
     return parser
 
 
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.device.console import run_console
 
         return run_console(args.host, args.ports)
+    if args.command == "enroll":
+        return _enroll(args.device, args.dir)
     if args.command in ("audio-devices", "test-audio"):
         return _audio_command(args)
     return _run(args.config, mock_hw=args.mock_hw, verbose=args.verbose)
@@ -150,6 +157,22 @@ def _audio_from_env() -> AudioSettings:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"invalid {prefix}{key.upper()}: {err['msg']}") from None
+
+
+def _enroll(name: str, directory: Path) -> int:
+    from appliance.device.enroll import CERT_NAME, enroll
+    from appliance.pki import PkiError
+
+    try:
+        csr = enroll(name, directory)
+    except (PkiError, OSError) as exc:
+        print(f"{PROG}: enroll: {exc}", file=sys.stderr)
+        return 1
+    print(f"key: {directory / 'device.key'} (stays on this device)")
+    print(f"certificate request: {csr}")
+    print(f"next: gochat-admin sign-device {csr} on the CA's machine; put the certificate")
+    print(f"      at {directory / CERT_NAME} and the CA's ca.crt next to it")
+    return 0
 
 
 def _check_config(path: Path) -> int:

@@ -65,7 +65,7 @@ from appliance.device.events import (
     ResponseReceived,
     RoomStateReceived,
 )
-from appliance.mqtt import backoff_delay, make_client, publish_properties
+from appliance.mqtt import backoff_delay, explain_error, make_client, publish_properties
 from appliance.protocol import topics
 from appliance.protocol.models import Request, Response, RoomState, parse_inbox
 from appliance.settings import BrokerSettings
@@ -338,7 +338,8 @@ class MqttSession:
                 clean_start=True,
             )
         except Exception as exc:  # OSError, ssl.SSLError, an unreadable password file
-            self._link_down(f"cannot connect to {self._broker.host}:{self._broker.port}: {exc}")
+            where = f"{self._broker.host}:{self._broker.port}"
+            self._link_down(f"cannot connect to {where}: {explain_error(exc)}")
             return False
         try:
             self._serve(client)

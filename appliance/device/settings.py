@@ -20,6 +20,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from appliance import pki
 from appliance.audio.config import AudioConfig
 from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
 from appliance.settings import BrokerSettings, ConfigError, FileSettings, Section
@@ -197,6 +198,8 @@ class ApplianceSettings(FileSettings):
                 f"must be empty or equal device.user_id ({self.device.user_id!r}):"
                 " the broker username, MQTT client id and user id are one",
             )
+        if self.broker.tls_cert_file is not None:
+            _check_certificate_cn(self.broker.tls_cert_file, self.device.user_id)
         _check_distinct_pins(self.gpio)
         if self.gpio.long_press_ms <= self.gpio.debounce_ms:
             raise _error(
@@ -230,6 +233,23 @@ class ApplianceSettings(FileSettings):
     def subject(self) -> str:
         """The subject of the room this device hosts in ``host`` mode."""
         return self.room.subject or f"{self.device.display_name}'s room"[:SUBJECT_MAX]
+
+
+def _check_certificate_cn(path: Path, user_id: str) -> None:
+    """The broker takes the certificate's CN as our username: it must be our user id,
+    or every request would be refused (the ACL ties topics to the username)."""
+    loc = ("broker", "tls_cert_file")
+    try:
+        name = pki.device_name_of(pki.load_certificate(path))
+    except ValueError as exc:  # PkiError is one, and so is a file that is no PEM
+        raise _error(loc, str(path), f"not a usable certificate: {exc}") from None
+    if name != user_id:
+        raise _error(
+            loc,
+            str(path),
+            f"the certificate is for {name!r}, not device.user_id {user_id!r}"
+            " (the broker would log us in as its CN)",
+        )
 
 
 def _check_distinct_pins(gpio: GpioSettings) -> None:

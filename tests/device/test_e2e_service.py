@@ -16,7 +16,7 @@ from appliance.hw_mocks import gpio
 
 from appliance.protocol import topics
 from testbed import Broker, MqttClientFactory
-from testbed.broker import SHIPPED_ACL
+from testbed.broker import SHIPPED_ACL, device_tls_env
 from testbed.daemons import CoapClient, DaemonProcess, InProcessDaemon, expect_leds, wait_until
 from testbed.server import REPO_ROOT, RunningServer
 
@@ -140,15 +140,13 @@ def test_a_broker_refusing_a_publish_shows_the_error(
 
 
 def test_a_coap_port_already_taken_is_one_line_and_exit_69(tmp_path: Path) -> None:
-    password = tmp_path / "pw"
-    password.write_text("x\n")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GOCHAT_")},
             "GOCHAT_DEVICE__USER_ID": "pi-port",
-            "GOCHAT_BROKER__PASSWORD_FILE": str(password),
+            **device_tls_env(tmp_path, "pi-port"),
             "GOCHAT_COAP__PORT": str(port),
         }
         done = subprocess.run(

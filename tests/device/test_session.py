@@ -50,7 +50,11 @@ class SessionRig:
                 broker.add_user(user)
             password_file = broker.password_file(user)
         self.settings = BrokerSettings(
-            host=broker.host, port=broker.port, password_file=password_file, keepalive_s=5
+            host=broker.host,
+            port=broker.port,
+            password_file=password_file,
+            tls_ca_file=broker.ca_file,
+            keepalive_s=5,
         )
         self.user = user
         self.events: queue.Queue[Event] = queue.Queue()

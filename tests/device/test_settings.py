@@ -11,6 +11,7 @@ import pytest
 
 from appliance.device.settings import ApplianceSettings
 from appliance.settings import ConfigError
+from testbed.broker import device_tls_env
 from testbed.server import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "config" / "appliance.toml"
@@ -21,6 +22,12 @@ def password(tmp_path: Path) -> Path:
     path = tmp_path / "appliance.password"
     path.write_text("s3cret\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def example_tls(tmp_path: Path) -> dict[str, str]:
+    """The TLS files the example config names, for its device (pi-kitchen)."""
+    return device_tls_env(tmp_path, "pi-kitchen")
 
 
 @pytest.fixture
@@ -38,9 +45,12 @@ def load(env: pytest.MonkeyPatch, path: Path | None = None, **values: str) -> Ap
 
 
 def test_the_example_file_documents_every_key_and_loads(
-    clean_env: pytest.MonkeyPatch, password: Path
+    clean_env: pytest.MonkeyPatch, example_tls: dict[str, str]
 ) -> None:
-    settings = load(clean_env, EXAMPLE, BROKER__PASSWORD_FILE=str(password))
+    for key, value in example_tls.items():
+        clean_env.setenv(key, value)
+    settings = load(clean_env, EXAMPLE)
+    assert settings.broker.port == 8883  # TLS with a client certificate
     text = EXAMPLE.read_text(encoding="utf-8")
     for section, model in ApplianceSettings.model_fields.items():
         assert f"[{section}]" in text
@@ -88,8 +98,10 @@ def test_the_hands_free_switches_and_the_stand_in_room_come_from_the_environment
 
 
 def test_every_documented_environment_override_works(
-    clean_env: pytest.MonkeyPatch, password: Path
+    clean_env: pytest.MonkeyPatch, password: Path, tmp_path: Path
 ) -> None:
+    for key, value in device_tls_env(tmp_path, "pi-x").items():
+        clean_env.setenv(key, value)
     s = load(
         clean_env,
         EXAMPLE,
@@ -182,10 +194,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def test_check_config_prints_ok(password: Path) -> None:
-    done = run_cli(
-        "check-config", str(EXAMPLE), env={"GOCHAT_BROKER__PASSWORD_FILE": str(password)}
-    )
+def test_check_config_prints_ok(example_tls: dict[str, str]) -> None:
+    done = run_cli("check-config", str(EXAMPLE), env=example_tls)
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
 
 
@@ -202,9 +212,9 @@ def test_check_config_prints_ok(password: Path) -> None:
 )
 @pytest.mark.parametrize("command", ["run", "check-config"])
 def test_a_bad_config_exits_78_with_one_line(
-    password: Path, env: dict[str, str], key: str, command: str
+    example_tls: dict[str, str], env: dict[str, str], key: str, command: str
 ) -> None:
-    env = {"GOCHAT_BROKER__PASSWORD_FILE": str(password), **env}
+    env = {**example_tls, **env}
     args = (
         ["run", "--mock-hw", "--config", str(EXAMPLE)]
         if command == "run"
