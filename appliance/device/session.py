@@ -471,6 +471,11 @@ class MqttSession:
         # Hot path: 50 messages/s per speaker, on this thread, never via the loop.
         arrival = time.monotonic()
         try:
+            if message.retain:
+                # A retained frame is stale by definition (replayed to every new
+                # subscriber): never played. The server's janitor clears it.
+                self.frames_dropped_in += 1
+                return
             parsed = topics.parse_audio(message.topic)
             if parsed is None or parsed.room_id != self._room or parsed.user_id == self.user_id:
                 self.frames_dropped_in += 1

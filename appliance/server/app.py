@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel
 
 from appliance.mqtt import LoopDriver, make_client, publish_properties, routing_of
@@ -30,6 +32,7 @@ from appliance.protocol import models as m
 from appliance.protocol import topics
 from appliance.protocol.models import Code
 from appliance.server.gate import RateLimiter, ReplayCache, Verdict
+from appliance.server.janitor import SWEEP_EVERY_S, SWEEP_WINDOW_S, Janitor
 from appliance.server.publisher import RoomStatePublisher
 from appliance.server.rules import Outcome, RoomService
 from appliance.server.settings import ServerSettings
@@ -41,6 +44,9 @@ Clock = Callable[[], float]
 TICK_INTERVAL_S = 0.25
 COUNTER_REPORT_S = 60.0  # how often changed counters are logged
 SERVER_INFLIGHT = 1000  # QoS 1 answers awaiting PUBACK (the broker grants as many)
+SERVING_SUBSCRIPTION = 1  # MQTT 5 subscription identifiers: requests and presence
+SWEEP_SUBSCRIPTION = 2  # the janitor's short-lived look at retained messages
+BAD_TOPIC = "topic: must be gochat/v1/req/{user_id}/{method}"
 
 
 @dataclass(slots=True)
@@ -96,6 +102,8 @@ class Server:
         self._replies: list[_Reply] = []
         self._pending: list[Outcome] = []
         self._flush_scheduled = False
+        self.janitor = Janitor(self._clear_retained, self.counters)
+        self._sweeps: list[asyncio.TimerHandle] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -125,6 +133,7 @@ class Server:
     def close(self) -> None:
         """Commit what is pending, disconnect and close the store."""
         self._flush()
+        self._cancel_sweeps()
         self._driver.stop()
         self.store.close()
 
@@ -143,7 +152,21 @@ class Server:
             self._driver.disconnected()
             return
         self._driver.connected()
-        client.subscribe([(topics.REQUESTS_ALL, 1), (topics.PRESENCE_ALL, 1)])
+        # Requests: never a retained one (retain handling 2: none sent on subscribe),
+        # and the retain flag as published, so a live retained request is seen as
+        # such and dropped; noLocal, since the janitor's clears land there too.
+        requests = SubscribeOptions(
+            qos=1,
+            noLocal=True,
+            retainAsPublished=True,
+            retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
+        )
+        client.subscribe(
+            [(topics.REQUESTS_TREE, requests), (topics.PRESENCE_ALL, SubscribeOptions(qos=1))],
+            properties=_subscription_id(SERVING_SUBSCRIPTION),
+        )
+        self._cancel_sweeps()
+        self._sweep()
         self._connected()
 
     def _on_disconnect(
@@ -151,6 +174,7 @@ class Server:
     ) -> None:
         log.warning("disconnected from the broker: %s", reason)
         self.connected.clear()
+        self._cancel_sweeps()
         self._driver.disconnected()
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
@@ -164,12 +188,46 @@ class Server:
             if not room.retained_cleared:
                 self.publisher.changed(room.room_id)
 
+    # ------------------------------------------------------------ the janitor
+
+    def _sweep(self) -> None:
+        """Subscribe where retained messages must not be, with retain handling 0, for a
+        moment: the broker sends what is retained there, and the janitor clears it."""
+        sweep = SubscribeOptions(qos=0, noLocal=True, retainHandling=0)
+        self._client.subscribe(
+            [(f, sweep) for f in topics.RETAINED_SWEEP],
+            properties=_subscription_id(SWEEP_SUBSCRIPTION),
+        )
+        self._sweeps = [
+            self._loop.call_later(SWEEP_WINDOW_S, self._end_sweep),
+            self._loop.call_later(SWEEP_EVERY_S, self._sweep),
+        ]
+
+    def _end_sweep(self) -> None:
+        self._client.unsubscribe(list(topics.RETAINED_SWEEP))
+
+    def _cancel_sweeps(self) -> None:
+        for handle in self._sweeps:
+            handle.cancel()
+        self._sweeps = []
+
+    def _clear_retained(self, topic: str) -> None:
+        self._publish(topic, b"", retain=True)
+
+    # ------------------------------------------------------------ messages
+
     def _dispatch(self, message: paho.MQTTMessage) -> None:
         topic = message.topic
         try:
-            request = topics.parse_request(topic)
-            if request is not None:
-                self._handle_request(request, message)
+            if _only_sweep(message):
+                # The janitor's copy: live messages also come through the serving
+                # subscription; only a retained one matters here.
+                if message.retain:
+                    self.janitor.found(topic, message.payload)
+                return
+            owner = topics.request_owner(topic)
+            if owner is not None:
+                self._handle_request(owner, topic, message)
                 return
             user_id = topics.parse_presence(topic)
             if user_id is not None:
@@ -182,18 +240,35 @@ class Server:
         finally:
             self._schedule_flush()
 
-    def _handle_request(self, request: topics.RequestTopic, message: paho.MQTTMessage) -> None:
-        user_id, method = request.user_id, request.method
+    def _handle_request(self, user_id: str, topic: str, message: paho.MQTTMessage) -> None:
+        """Any message on ``gochat/v1/req/{user_id}/...``. The cheap checks come first,
+        from the topic and flags alone: a flood past the rate limit costs a counter
+        increment per message, before its properties or payload are looked at."""
+        if message.retain:
+            # Published with the retain flag (seen live, thanks to retain-as-published):
+            # never executed, and cleared so that no subscriber ever gets it again.
+            self.counters["dropped_retained"] += 1
+            self.janitor.found(topic, message.payload)
+            return
         self.counters["requests"] += 1
         now = self.clock()
-        response_topic, correlation = routing_of(message)
         verdict = self.limiter.check(user_id, now)
         if verdict is Verdict.DROP:
             self.counters["dropped_rate_limited"] += 1
             return
+        response_topic, correlation = routing_of(message)
         if verdict is Verdict.REJECT:
             self._refuse(user_id, correlation, Code.RATE_LIMITED, "rate limited")
             return
+        request = topics.parse_request(topic)
+        if request is None:
+            # req/USER, req/USER/, req/USER/a/b: answered only on the user's own
+            # response topic, and only if the request asked for it there.
+            self.counters["malformed"] += 1
+            if response_topic == topics.response(user_id):
+                self._refuse(user_id, correlation, Code.BAD_REQUEST, BAD_TOPIC)
+            return
+        method = request.method
         problem = self._routing_problem(user_id, response_topic, correlation)
         if problem is not None:
             self.counters["malformed"] += 1
@@ -259,7 +334,9 @@ class Server:
             self._pending.append(outcome)
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and (self._replies or self._pending or self.service.dirty):
+        if not self._flush_scheduled and (
+            self._replies or self._pending or self.service.dirty or self.janitor.pending
+        ):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -288,6 +365,7 @@ class Server:
             )
         for outcome in pending:
             self._send_outcome(outcome)
+        self.janitor.flush()
 
     def _send_outcome(self, outcome: Outcome) -> None:
         for user_id, command in outcome.inbox:
@@ -318,3 +396,20 @@ class Server:
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.counters["publish_errors"] += 1
+
+
+def _subscription_id(value: int) -> Properties:
+    props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+    props.SubscriptionIdentifier = value
+    return props
+
+
+def _only_sweep(message: paho.MQTTMessage) -> bool:
+    """Whether ``message`` came through the janitor's sweep subscription alone."""
+    props = message.properties
+    ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
+    if not ids:
+        return False
+    if isinstance(ids, int):
+        ids = [ids]
+    return SERVING_SUBSCRIPTION not in ids

@@ -311,3 +311,21 @@ def test_close_publishes_offline_and_disconnects_cleanly(
     while f"Client {USER} disconnected" not in broker.log_text():
         assert time.monotonic() < deadline, broker.log_text()[-800:]
         time.sleep(0.02)
+
+
+def test_a_retained_audio_frame_is_never_played(
+    broker: Broker, mqtt_client: MqttClientFactory, rigs: Callable[..., SessionRig]
+) -> None:
+    server = server_client(broker, mqtt_client)
+    server.publish_wait(topics.audio("r-1", "bob"), b"stale, retained", qos=1, retain=True)
+    rig = rigs(broker)
+    rig.call(rig.session.start)
+    rig.expect(Connected)
+    rig.call(lambda: rig.session.subscribe_room("r-1"))
+    deadline = time.monotonic() + 5
+    while rig.call(rig.session.stats)["audio_frames_dropped_in"] < 1:  # the retained one
+        assert time.monotonic() < deadline, "the retained frame never arrived"
+        time.sleep(0.02)
+    server.publish_wait(topics.audio("r-1", "bob"), b"live", qos=0)
+    assert rig.frames.get(timeout=5)[2] == b"live"  # the first frame played is the live one
+    assert rig.frames.empty()
