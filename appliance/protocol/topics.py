@@ -21,10 +21,9 @@ REQUESTS_TREE = f"{ROOT}/req/#"
 """Every topic under ``req/``: well-formed requests and malformed ones, which the
 server answers 400 when it can (docs/protocol.md 3.5)."""
 REQUEST_PREFIX = f"{ROOT}/req/"
-RETAINED_SWEEP = (f"{ROOT}/req/+/#", f"{ROOT}/room/+/audio/+")
-"""Where a retained message never belongs (the server's janitor looks there). The
-first filter matches what :data:`REQUESTS_TREE` does, under another name, so both
-subscriptions can exist at once."""
+AUDIO_ALL = f"{ROOT}/room/+/audio/+"
+RETAINED_SWEEP = (REQUESTS_TREE, AUDIO_ALL)
+"""Where a retained message never belongs (the server's janitor looks there)."""
 PRESENCE_ALL = f"{ROOT}/presence/+"
 ROOM_STATE_ALL = f"{ROOT}/room/+/state"
 

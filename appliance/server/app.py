@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -98,6 +99,9 @@ class Server:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._gated: Verdict | None = None  # the gate's verdict on the message at hand
+        self._paho_handle_publish: Callable[[], MQTTErrorCode] | None = None
+        self.gate_installed = self._install_gate()
         self.publisher = RoomStatePublisher(self._publish_state, self._loop)
         self._replies: list[_Reply] = []
         self._pending: list[Outcome] = []
@@ -152,17 +156,11 @@ class Server:
             self._driver.disconnected()
             return
         self._driver.connected()
-        # Requests: never a retained one (retain handling 2: none sent on subscribe),
-        # and the retain flag as published, so a live retained request is seen as
-        # such and dropped; noLocal, since the janitor's clears land there too.
-        requests = SubscribeOptions(
-            qos=1,
-            noLocal=True,
-            retainAsPublished=True,
-            retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
-        )
         client.subscribe(
-            [(topics.REQUESTS_TREE, requests), (topics.PRESENCE_ALL, SubscribeOptions(qos=1))],
+            [
+                (topics.REQUESTS_TREE, _request_options(retained=False)),
+                (topics.PRESENCE_ALL, SubscribeOptions(qos=1)),
+            ],
             properties=_subscription_id(SERVING_SUBSCRIPTION),
         )
         self._cancel_sweeps()
@@ -180,6 +178,65 @@ class Server:
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         self._dispatch(message)
 
+    def _install_gate(self) -> bool:
+        """Run :meth:`_gate` on every incoming PUBLISH before paho decodes it.
+
+        This hooks paho's private ``_handle_publish`` (paho-mqtt 2.x, pinned). Without
+        it the server still works, limits and all, at the full cost per message.
+        """
+        client = self._client
+        if not all(hasattr(client, a) for a in ("_handle_publish", "_send_puback", "_in_packet")):
+            log.warning("paho has no _handle_publish: flooded requests are decoded, then dropped")
+            return False
+        self._paho_handle_publish = client._handle_publish
+        client._handle_publish = self._gated_publish  # type: ignore[method-assign]
+        return True
+
+    def _gated_publish(self) -> MQTTErrorCode:
+        """paho's ``_handle_publish``, behind :meth:`_gate`: a DROP skips decoding and
+        the callback (a QoS 1 message is still acknowledged); any other verdict is
+        handed to :meth:`_handle_request` through ``_gated``."""
+        assert self._paho_handle_publish is not None
+        packet = self._client._in_packet
+        header, body = packet["command"], packet["packet"]
+        verdict = self._gate(header, body)
+        if verdict is Verdict.DROP:
+            if (header & 0x06) >> 1 == 0:
+                return paho.MQTT_ERR_SUCCESS
+            length = int.from_bytes(body[:2], "big")
+            mid = int.from_bytes(body[2 + length : 4 + length], "big")
+            return self._client._send_puback(mid)
+        self._gated = verdict
+        try:
+            return self._paho_handle_publish()
+        finally:
+            self._gated = None
+
+    def _gate(self, header: int, packet: bytes | bytearray) -> Verdict | None:
+        """The rate limit of a raw PUBLISH, before paho decodes it (docs/protocol.md
+        3.7). Decoding the MQTT 5 properties is most of what a message costs the
+        server, so a flood past the limit is dropped from its topic bytes alone and
+        cannot crowd out other users' requests. None: not a request. Retained ones
+        count too: one that passes goes to the janitor, one dropped here stays retained
+        until the next sweep (never acted on meanwhile).
+        """
+        length = int.from_bytes(packet[:2], "big")
+        topic = packet[2 : 2 + length]
+        if not topic.startswith(_REQUEST_PREFIX):
+            return None
+        user_id = bytes(topic[len(_REQUEST_PREFIX) :]).split(b"/", 1)[0]
+        try:
+            owner = user_id.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if not topics.is_user_id(owner):
+            return None
+        self.counters["requests"] += 1
+        verdict = self.limiter.check(owner, self.clock())
+        if verdict is Verdict.DROP:
+            self.counters["dropped_rate_limited"] += 1
+        return verdict
+
     def _connected(self) -> None:
         log.info("connected to the broker")
         self.connected.set()
@@ -191,11 +248,20 @@ class Server:
     # ------------------------------------------------------------ the janitor
 
     def _sweep(self) -> None:
-        """Subscribe where retained messages must not be, with retain handling 0, for a
-        moment: the broker sends what is retained there, and the janitor clears it."""
-        sweep = SubscribeOptions(qos=0, noLocal=True, retainHandling=0)
+        """Look for retained messages where none may be, so the janitor clears them.
+
+        Requests: the request subscription is renewed with retain handling 0, so the
+        broker sends what is retained there, flagged retained; such a request is never
+        executed (:meth:`_handle_request`), only cleared. Renewing the same filter
+        adds no second subscription, hence no duplicate of any live request. Audio: a
+        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`.
+        """
         self._client.subscribe(
-            [(f, sweep) for f in topics.RETAINED_SWEEP],
+            [(topics.REQUESTS_TREE, _request_options(retained=True))],
+            properties=_subscription_id(SERVING_SUBSCRIPTION),
+        )
+        self._client.subscribe(
+            [(topics.AUDIO_ALL, SubscribeOptions(qos=0, noLocal=True))],
             properties=_subscription_id(SWEEP_SUBSCRIPTION),
         )
         self._sweeps = [
@@ -204,7 +270,11 @@ class Server:
         ]
 
     def _end_sweep(self) -> None:
-        self._client.unsubscribe(list(topics.RETAINED_SWEEP))
+        self._client.subscribe(
+            [(topics.REQUESTS_TREE, _request_options(retained=False))],
+            properties=_subscription_id(SERVING_SUBSCRIPTION),
+        )
+        self._client.unsubscribe(topics.AUDIO_ALL)
 
     def _cancel_sweeps(self) -> None:
         for handle in self._sweeps:
@@ -250,9 +320,11 @@ class Server:
             self.counters["dropped_retained"] += 1
             self.janitor.found(topic, message.payload)
             return
-        self.counters["requests"] += 1
         now = self.clock()
-        verdict = self.limiter.check(user_id, now)
+        verdict, self._gated = self._gated, None
+        if verdict is None:  # not seen by the gate (paho without it)
+            self.counters["requests"] += 1
+            verdict = self.limiter.check(user_id, now)
         if verdict is Verdict.DROP:
             self.counters["dropped_rate_limited"] += 1
             return
@@ -398,6 +470,23 @@ class Server:
             self.counters["publish_errors"] += 1
 
 
+def _request_options(*, retained: bool) -> SubscribeOptions:
+    """Options of the request subscription. Normally retain handling 2: no retained
+    request is ever sent to the server. Retain As Published, so a request published
+    with the retain flag is seen as such (and dropped); No Local, since the janitor's
+    clears land there too. ``retained``: retain handling 0, for the janitor's sweep."""
+    return SubscribeOptions(
+        qos=1,
+        noLocal=True,
+        retainAsPublished=True,
+        retainHandling=(
+            SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+            if retained
+            else SubscribeOptions.RETAIN_DO_NOT_SEND
+        ),
+    )
+
+
 def _subscription_id(value: int) -> Properties:
     props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
     props.SubscriptionIdentifier = value
@@ -413,3 +502,6 @@ def _only_sweep(message: paho.MQTTMessage) -> bool:
     if isinstance(ids, int):
         ids = [ids]
     return SERVING_SUBSCRIPTION not in ids
+
+
+_REQUEST_PREFIX = topics.REQUEST_PREFIX.encode()
