@@ -25,7 +25,7 @@ def test_a_flooding_user_does_not_slow_the_others_down(broker: Broker, tmp_path:
     password = broker.add_user("flooder")
     flood = Flood(broker.host, broker.port, "flooder", password, FLOOD_S).start()
     try:
-        assert server.server is not None
+        assert server.server is not None and server.server.gate_installed
         counters = server.server.counters
         while counters["dropped_rate_limited"] < 1000:  # the flood is on
             heartbeat_latencies(honest, 0.2)
