@@ -549,9 +549,10 @@ class MqttSession:
         # Hot path: 50 messages/s per speaker, on this thread, never via the loop.
         arrival = time.monotonic()
         try:
-            if message.retain:
+            if message.retain or not message.payload:
                 # A retained frame is stale by definition (replayed to every new
-                # subscriber): never played. The server's janitor clears it.
+                # subscriber): never played. The server's janitor clears it, which
+                # reaches us as an empty message.
                 self.frames_dropped_in += 1
                 return
             parsed = topics.parse_audio(message.topic)

@@ -11,8 +11,8 @@ logs it, at most one line per :data:`LOG_EVERY_S`.
 
 The server shows it the retained requests it drops, and sweeps both kinds of topic
 (:data:`~appliance.protocol.topics.RETAINED_SWEEP`) on every connection and every
-:data:`SWEEP_EVERY_S`, with a short-lived subscription that does deliver retained
-messages.
+:data:`SWEEP_EVERY_S`: for :data:`SWEEP_WINDOW_S` the request subscription has retain
+handling 0 and an audio subscription exists, so the broker sends what is retained.
 """
 
 from __future__ import annotations
