@@ -25,6 +25,7 @@ from typing import Any, Literal
 from appliance.device.coap_client import CoapClient, Reply
 from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName
 from appliance.device.events import ButtonName, PressKind
+from appliance.protocol.models import printable
 
 FRAME_S = 0.04
 """Redraw period: 25 frames/s, fine enough for the 5 Hz fast blink."""
@@ -163,30 +164,31 @@ def render_device(view: DeviceView, index: int, selected: bool, now: float) -> l
     """One device's block (each line at most :data:`COLUMN_WIDTH` - 2 characters)."""
     marker = "▶" if selected else " "
     status = view.status
-    user = str(status["user_id"]) if status else "?"
+    user = printable(str(status["user_id"])) if status else "?"
     head: Line = [
         (f"{marker}[{index + 1}] {user} :{view.port}", "selected" if selected else "title")
     ]
     if status is None:
-        return [head, [(f"  {view.error or 'no answer'}", "warn")]]
+        return [head, [(f"  {printable(view.error or 'no answer')}", "warn")]]
     lines: list[Line] = [head]
     connection = str(status["connection"])
     conn_style: Style = "good" if connection == "online" else "warn"
     lines.append(_field("connection", connection, conn_style))
     if view.error:
-        lines.append([("  ! " + view.error[: COLUMN_WIDTH - 6], "bad")])
+        lines.append([("  ! " + printable(view.error)[: COLUMN_WIDTH - 6], "bad")])
     lines.append(_field("room", _short(status.get("room_id")), "plain"))
     lines.append(_field("role", str(status.get("role") or "—"), "plain"))
     lines.append(_field("mic", "on" if status.get("mic_on") else "off", "plain"))
     lines.append(_field("hand", "raised" if status.get("hand_raised") else "down", "plain"))
     lines.append(_field("invitation", _invitation(status.get("invitation")), "plain"))
     lines.append(_leds_line(status.get("leds") or {}, now))
-    lines.append([(f"  {view.last[: COLUMN_WIDTH - 4]}", "dim")])
+    lines.append([(f"  {printable(view.last)[: COLUMN_WIDTH - 4]}", "dim")])
     return lines
 
 
 def _field(label: str, value: str, style: Style) -> Line:
-    return [(f"  {label:<11}", "label"), (value[: COLUMN_WIDTH - 15], style)]
+    # Everything shown may come from a peer (a name, a subject): escaped, then cut.
+    return [(f"  {label:<11}", "label"), (printable(value)[: COLUMN_WIDTH - 15], style)]
 
 
 def _short(room_id: object) -> str:

@@ -54,10 +54,14 @@ class Disconnected:
 
     ``refused``: the broker refused the connection (bad credentials, not authorised),
     which the status LED shows as an error until a connection succeeds.
+    ``taken_over``: the broker ended our session because another client connected
+    with our identity (MQTT 5 DISCONNECT 0x8E): a cloned identity, shown as an
+    error until a connection succeeds; the session waits minutes before trying again.
     """
 
     refused: bool = False
     reason: str = ""
+    taken_over: bool = False
 
 
 # ---------------------------------------------------------------- from the server

@@ -28,6 +28,16 @@ thread instead, driving paho's documented external-loop API (``loop_read``,
   connection but the settings.
 * Between attempts it waits :func:`backoff_delay` (jittered, 1 s doubling to 30 s),
   reset once a connection was accepted.
+* A **session taken over** (DISCONNECT 0x8E: another client connected with our
+  identity, a cloned SD card or a copied password file) is not an outage. Mosquitto
+  2.0.11 closes the old connection without sending that DISCONNECT, so two accepted
+  connections closed by the broker without a word within a minute count as a
+  takeover too (and so does every such close within 30 minutes of a takeover). Reconnecting
+  at once would throw the other device off in turn, for ever. The session logs one
+  line ("another device is using the identity ..."), the machine shows the error
+  pattern, and the next attempt waits 30-60 s, doubling with every takeover up to
+  7.5-15 minutes; the count is forgotten only after a connection that lasted 30
+  minutes. The two devices then take turns, ever more rarely, instead of fighting.
 * Only this thread writes to the socket. Other threads (the event loop, the audio
   capture thread) queue packets with ``publish`` and wake it; paho would otherwise
   write from the publishing thread too, and two writers can interleave a partial
@@ -76,6 +86,16 @@ FrameSink = Callable[[str, str, bytes, float], None]
 """``on_frame(room_id, user_id, payload, arrival)``, called on the network thread."""
 
 NO_MATCHING_SUBSCRIBERS = 0x10
+SESSION_TAKEN_OVER = 0x8E
+TAKEOVER_FIRST_S = 120.0
+"""After the first takeover the device waits 60-120 s; each further one doubles that."""
+TAKEOVER_MAX_S = 900.0
+"""... up to 7.5-15 minutes between attempts."""
+TAKEOVER_FORGET_S = 1800.0
+"""A connection that lasted this long resets the takeover count."""
+SILENT_CLOSES_WINDOW_S = 60.0
+"""Two accepted connections the broker closed without a word within this window mean
+a takeover (brokers that do not send DISCONNECT 0x8E, such as Mosquitto 2.0.11)."""
 SELECT_TIMEOUT_S = 1.0
 """Longest sleep of the network thread: keepalive pings are due at this resolution."""
 CORRELATION_PREFIX_BYTES = 8
@@ -128,6 +148,12 @@ class MqttSession:
         self._reported: str | None = None  # "up" / "down" / "refused", network thread
         self._refused_now = False  # this attempt was refused (network thread)
         self._was_up = False  # this attempt was accepted (network thread)
+        self._taken_over_now = False  # this connection ended in a takeover (network thread)
+        self._closed_silently = False  # ... or the broker closed it without DISCONNECT
+        self._silent_closes: list[float] = []  # when, recently (network thread)
+        self._takeovers = 0  # takeovers since the last long connection (network thread)
+        self._last_takeover = -TAKEOVER_FORGET_S
+        self._up_since = 0.0
         self._own_sub_mid: int | None = None
         self._lock = threading.Lock()
         self._inflight: dict[int, _Sent] = {}
@@ -318,16 +344,59 @@ class MqttSession:
             was_up = self._connect_and_serve()
             if self._stopping.is_set():
                 break
+            if self._taken_over_now:
+                self._stopping.wait(self._taken_over())
+                continue
             failures = 0 if was_up else failures + 1
             delay = backoff_delay(max(failures - 1, 0), self._rng)
             log.info("reconnecting to the broker in %.1f s", delay)
             self._stopping.wait(delay)
         self._link_up = False
 
+    def _silent_takeover(self) -> bool:
+        """Whether the broker closing an accepted connection without a DISCONNECT looks
+        like a takeover: the second such close within a minute, or any soon after a
+        takeover. The first one is an ordinary loss (a broker restart, a network)."""
+        if not self._closed_silently or self._closing:
+            return False
+        now = time.monotonic()
+        recent = [t for t in self._silent_closes if now - t < SILENT_CLOSES_WINDOW_S]
+        self._silent_closes = [*recent, now]
+        return len(self._silent_closes) >= 2 or now - self._last_takeover < TAKEOVER_FORGET_S
+
+    def _taken_over(self) -> float:
+        """Another client took our identity's session: say so once, wait long."""
+        now = time.monotonic()
+        if now - self._up_since >= TAKEOVER_FORGET_S:
+            self._takeovers = 0
+        self._takeovers += 1
+        self._last_takeover = now
+        self._silent_closes = []
+        delay = backoff_delay(
+            self._takeovers - 1, self._rng, first_s=TAKEOVER_FIRST_S, cap_s=TAKEOVER_MAX_S
+        )
+        why = (
+            "the broker handed it our session"
+            if self._closed_silently is False
+            else "the broker keeps closing our connection as soon as it is up"
+        )
+        log.error(
+            "another device is using the identity %s (%s); trying again in %.0f s",
+            self.user_id,
+            why,
+            delay,
+        )
+        self._reported = "down"
+        self._emit(Disconnected(reason="session taken over by another device", taken_over=True))
+        self._post(self._count, "takeovers")
+        return delay
+
     def _connect_and_serve(self) -> bool:
         """One connection, from TCP connect to its end; True if it was accepted."""
         self._refused_now = False
         self._was_up = False
+        self._taken_over_now = False
+        self._closed_silently = False
         try:
             client = self._client if self._reported is None else self._new_client()
             self._client = client
@@ -348,7 +417,9 @@ class MqttSession:
             with contextlib.suppress(Exception):
                 client.disconnect()
         self._link_up = False
-        if not self._closing and not self._refused_now:
+        if self._was_up and not self._taken_over_now and self._silent_takeover():
+            self._taken_over_now = True
+        if not self._closing and not self._refused_now and not self._taken_over_now:
             self._link_down("the connection was lost")
         return self._was_up
 
@@ -405,6 +476,7 @@ class MqttSession:
                 return
             self._link_up = True
             self._was_up = True
+            self._up_since = time.monotonic()
             options = SubscribeOptions(qos=1)
             _rc, mid = client.subscribe([(self._resp_topic, options), (self._inbox_topic, options)])
             self._own_sub_mid = mid
@@ -439,10 +511,16 @@ class MqttSession:
             log.exception("on_subscribe failed")
 
     def _on_disconnect(
-        self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+        self, _c: paho.Client, _u: object, flags: object, reason: ReasonCode, _p: object
     ) -> None:
         self._link_up = False
-        if not self._closing and not self._refused_now:
+        from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        if reason.value == SESSION_TAKEN_OVER and not self._closing:
+            self._taken_over_now = True
+        elif not from_server and not self._closing and not self._stopping.is_set():
+            self._closed_silently = True
+            log.debug("disconnected: %s", reason)
+        elif not self._closing and not self._refused_now:
             log.debug("disconnected: %s", reason)
 
     def _on_publish(
@@ -472,6 +550,12 @@ class MqttSession:
         # Hot path: 50 messages/s per speaker, on this thread, never via the loop.
         arrival = time.monotonic()
         try:
+            if message.retain or not message.payload:
+                # A retained frame is stale by definition (replayed to every new
+                # subscriber): never played. The server's janitor clears it, which
+                # reaches us as an empty message.
+                self.frames_dropped_in += 1
+                return
             parsed = topics.parse_audio(message.topic)
             if parsed is None or parsed.room_id != self._room or parsed.user_id == self.user_id:
                 self.frames_dropped_in += 1

@@ -41,6 +41,9 @@ class Fault(StrEnum):
     """The server refused ``login``; cleared by a successful login."""
     ROOM_LOST = "room_lost"
     """The room closed, vanished, or refused us; cleared when a room is joined or created."""
+    IDENTITY_IN_USE = "identity_in_use"
+    """Another device connected with our identity and took our session over; cleared by
+    the next successful connection."""
     AUDIO_LOST = "audio_lost"
     """An audio device vanished; cleared when the audio module says it is back."""
 

@@ -10,10 +10,11 @@ Two families:
 
 from __future__ import annotations
 
+import unicodedata
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from appliance.protocol.topics import USER_ID_RE
 
@@ -25,6 +26,51 @@ INVITATION_TTL_S = 30
 RATE_LIMIT_PER_S = 20
 RAISED_HANDS_SHOWN = 50
 
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories refused in text meant to be shown (docs/protocol.md 3.8): control
+characters (C0, DEL, C1), format characters (bidi embeddings, overrides and isolates,
+zero-width characters, the BOM...), lone surrogates, line and paragraph separators."""
+
+
+def unsafe_char(text: str) -> str | None:
+    """The first character of ``text`` that is unsafe to show, as ``U+XXXX``; or None."""
+    for char in text:
+        if unicodedata.category(char) in UNSAFE_CATEGORIES:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _showable(text: str) -> str:
+    bad = unsafe_char(text)
+    if bad is not None:
+        raise ValueError(f"must not contain control or format characters ({bad})")
+    return text
+
+
+def printable(text: str) -> str:
+    """``text`` with every character :func:`unsafe_char` would name (and any other
+    non-printable one) escaped as ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``: safe to
+    put on a terminal, whatever a peer sent."""
+    if text.isprintable():
+        return text
+    return "".join(c if _shown_as_is(c) else _escape(c) for c in text)
+
+
+def _shown_as_is(char: str) -> bool:
+    return char.isprintable() or unicodedata.category(char) == "Zs"  # spaces are fine
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+ShowableText = Annotated[str, AfterValidator(_showable)]
+"""Text a server stores and other people's devices show: no control or format characters."""
 UserId = Annotated[str, Field(pattern=USER_ID_RE.pattern)]
 RoomId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -166,7 +212,7 @@ class RoomState(Received):
 
 class LoginRequest(Request):
     method = Method.LOGIN
-    name: str = Field(min_length=1, max_length=32)
+    name: ShowableText = Field(min_length=1, max_length=32)
 
 
 class LogoutRequest(Request):
@@ -189,7 +235,7 @@ class GetRoomListRequest(Request):
 
 class CreateRoomRequest(Request):
     method = Method.CREATE_ROOM
-    subject: str = Field(min_length=1, max_length=64)
+    subject: ShowableText = Field(min_length=1, max_length=64)
     max_seats: int = Field(default=8, ge=2, le=16)
 
 
@@ -288,6 +334,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         return "payload: not valid JSON"
     if kind == "model_type":
         return "payload: must be a JSON object"
+    if kind == "value_error":
+        return f"{where}: {err['ctx']['error']}"
     return f"{where}: {err['msg']}"
 
 

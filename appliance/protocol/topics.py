@@ -17,6 +17,13 @@ ROOM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 # Subscriptions.
 REQUESTS_ALL = f"{ROOT}/req/+/+"
+REQUESTS_TREE = f"{ROOT}/req/#"
+"""Every topic under ``req/``: well-formed requests and malformed ones, which the
+server answers 400 when it can (docs/protocol.md 3.5)."""
+REQUEST_PREFIX = f"{ROOT}/req/"
+AUDIO_ALL = f"{ROOT}/room/+/audio/+"
+RETAINED_SWEEP = (REQUESTS_TREE, AUDIO_ALL)
+"""Where a retained message never belongs (the server's janitor looks there)."""
 PRESENCE_ALL = f"{ROOT}/presence/+"
 ROOM_STATE_ALL = f"{ROOT}/room/+/state"
 
@@ -75,6 +82,28 @@ def parse_request(topic: str) -> RequestTopic | None:
     if parts is None or not is_user_id(parts[3]) or not parts[4]:
         return None
     return RequestTopic(parts[3], parts[4])
+
+
+def request_owner(topic: str) -> str | None:
+    """The user id of any topic under ``gochat/v1/req/{user_id}``, well-formed or not
+    (the broker ACL lets only that user publish there); None if there is none.
+
+    Cheap on purpose: the server calls it for every message of a flood, before
+    anything else.
+    """
+    if not topic.startswith(REQUEST_PREFIX):
+        return None
+    user_id = topic[len(REQUEST_PREFIX) :].split("/", 1)[0]
+    return user_id if is_user_id(user_id) else None
+
+
+def retained_owner(topic: str) -> str | None:
+    """Who published on ``topic``, for a request or an audio topic (None otherwise)."""
+    owner = request_owner(topic)
+    if owner is not None:
+        return owner
+    parsed = parse_audio(topic)
+    return parsed.user_id if parsed is not None else None
 
 
 def parse_presence(topic: str) -> str | None:

@@ -21,8 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel
 
 from appliance.mqtt import LoopDriver, make_client, publish_properties, routing_of
@@ -30,6 +33,7 @@ from appliance.protocol import models as m
 from appliance.protocol import topics
 from appliance.protocol.models import Code
 from appliance.server.gate import RateLimiter, ReplayCache, Verdict
+from appliance.server.janitor import SWEEP_EVERY_S, SWEEP_WINDOW_S, Janitor
 from appliance.server.publisher import RoomStatePublisher
 from appliance.server.rules import Outcome, RoomService
 from appliance.server.settings import ServerSettings
@@ -41,6 +45,9 @@ Clock = Callable[[], float]
 TICK_INTERVAL_S = 0.25
 COUNTER_REPORT_S = 60.0  # how often changed counters are logged
 SERVER_INFLIGHT = 1000  # QoS 1 answers awaiting PUBACK (the broker grants as many)
+SERVING_SUBSCRIPTION = 1  # MQTT 5 subscription identifiers: requests and presence
+SWEEP_SUBSCRIPTION = 2  # the janitor's short-lived look at retained messages
+BAD_TOPIC = "topic: must be gochat/v1/req/{user_id}/{method}"
 
 
 @dataclass(slots=True)
@@ -92,10 +99,15 @@ class Server:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._gated: Verdict | None = None  # the gate's verdict on the message at hand
+        self._paho_handle_publish: Callable[[], MQTTErrorCode] | None = None
+        self.gate_installed = self._install_gate()
         self.publisher = RoomStatePublisher(self._publish_state, self._loop)
         self._replies: list[_Reply] = []
         self._pending: list[Outcome] = []
         self._flush_scheduled = False
+        self.janitor = Janitor(self._clear_retained, self.counters)
+        self._sweeps: list[asyncio.TimerHandle] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -125,6 +137,7 @@ class Server:
     def close(self) -> None:
         """Commit what is pending, disconnect and close the store."""
         self._flush()
+        self._cancel_sweeps()
         self._driver.stop()
         self.store.close()
 
@@ -143,7 +156,15 @@ class Server:
             self._driver.disconnected()
             return
         self._driver.connected()
-        client.subscribe([(topics.REQUESTS_ALL, 1), (topics.PRESENCE_ALL, 1)])
+        client.subscribe(
+            [
+                (topics.REQUESTS_TREE, _request_options(retained=False)),
+                (topics.PRESENCE_ALL, SubscribeOptions(qos=1)),
+            ],
+            properties=_subscription_id(SERVING_SUBSCRIPTION),
+        )
+        self._cancel_sweeps()
+        self._sweep()
         self._connected()
 
     def _on_disconnect(
@@ -151,10 +172,70 @@ class Server:
     ) -> None:
         log.warning("disconnected from the broker: %s", reason)
         self.connected.clear()
+        self._cancel_sweeps()
         self._driver.disconnected()
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         self._dispatch(message)
+
+    def _install_gate(self) -> bool:
+        """Run :meth:`_gate` on every incoming PUBLISH before paho decodes it.
+
+        This hooks paho's private ``_handle_publish`` (paho-mqtt 2.x, pinned). Without
+        it the server still works, limits and all, at the full cost per message.
+        """
+        client = self._client
+        if not all(hasattr(client, a) for a in ("_handle_publish", "_send_puback", "_in_packet")):
+            log.warning("paho has no _handle_publish: flooded requests are decoded, then dropped")
+            return False
+        self._paho_handle_publish = client._handle_publish
+        client._handle_publish = self._gated_publish  # type: ignore[method-assign]
+        return True
+
+    def _gated_publish(self) -> MQTTErrorCode:
+        """paho's ``_handle_publish``, behind :meth:`_gate`: a DROP skips decoding and
+        the callback (a QoS 1 message is still acknowledged); any other verdict is
+        handed to :meth:`_handle_request` through ``_gated``."""
+        assert self._paho_handle_publish is not None
+        packet = self._client._in_packet
+        header, body = packet["command"], packet["packet"]
+        verdict = self._gate(header, body)
+        if verdict is Verdict.DROP:
+            if (header & 0x06) >> 1 == 0:
+                return paho.MQTT_ERR_SUCCESS
+            length = int.from_bytes(body[:2], "big")
+            mid = int.from_bytes(body[2 + length : 4 + length], "big")
+            return self._client._send_puback(mid)
+        self._gated = verdict
+        try:
+            return self._paho_handle_publish()
+        finally:
+            self._gated = None
+
+    def _gate(self, header: int, packet: bytes | bytearray) -> Verdict | None:
+        """The rate limit of a raw PUBLISH, before paho decodes it (docs/protocol.md
+        3.7). Decoding the MQTT 5 properties is most of what a message costs the
+        server, so a flood past the limit is dropped from its topic bytes alone and
+        cannot crowd out other users' requests. None: not a request. Retained ones
+        count too: one that passes goes to the janitor, one dropped here stays retained
+        until the next sweep (never acted on meanwhile).
+        """
+        length = int.from_bytes(packet[:2], "big")
+        topic = packet[2 : 2 + length]
+        if not topic.startswith(_REQUEST_PREFIX):
+            return None
+        user_id = bytes(topic[len(_REQUEST_PREFIX) :]).split(b"/", 1)[0]
+        try:
+            owner = user_id.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if not topics.is_user_id(owner):
+            return None
+        self.counters["requests"] += 1
+        verdict = self.limiter.check(owner, self.clock())
+        if verdict is Verdict.DROP:
+            self.counters["dropped_rate_limited"] += 1
+        return verdict
 
     def _connected(self) -> None:
         log.info("connected to the broker")
@@ -164,12 +245,59 @@ class Server:
             if not room.retained_cleared:
                 self.publisher.changed(room.room_id)
 
+    # ------------------------------------------------------------ the janitor
+
+    def _sweep(self) -> None:
+        """Look for retained messages where none may be, so the janitor clears them.
+
+        Requests: the request subscription is renewed with retain handling 0, so the
+        broker sends what is retained there, flagged retained; such a request is never
+        executed (:meth:`_handle_request`), only cleared. Renewing the same filter
+        adds no second subscription, hence no duplicate of any live request. Audio: a
+        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`.
+        """
+        self._client.subscribe(
+            [(topics.REQUESTS_TREE, _request_options(retained=True))],
+            properties=_subscription_id(SERVING_SUBSCRIPTION),
+        )
+        self._client.subscribe(
+            [(topics.AUDIO_ALL, SubscribeOptions(qos=0, noLocal=True))],
+            properties=_subscription_id(SWEEP_SUBSCRIPTION),
+        )
+        self._sweeps = [
+            self._loop.call_later(SWEEP_WINDOW_S, self._end_sweep),
+            self._loop.call_later(SWEEP_EVERY_S, self._sweep),
+        ]
+
+    def _end_sweep(self) -> None:
+        self._client.subscribe(
+            [(topics.REQUESTS_TREE, _request_options(retained=False))],
+            properties=_subscription_id(SERVING_SUBSCRIPTION),
+        )
+        self._client.unsubscribe(topics.AUDIO_ALL)
+
+    def _cancel_sweeps(self) -> None:
+        for handle in self._sweeps:
+            handle.cancel()
+        self._sweeps = []
+
+    def _clear_retained(self, topic: str) -> None:
+        self._publish(topic, b"", retain=True)
+
+    # ------------------------------------------------------------ messages
+
     def _dispatch(self, message: paho.MQTTMessage) -> None:
         topic = message.topic
         try:
-            request = topics.parse_request(topic)
-            if request is not None:
-                self._handle_request(request, message)
+            if _only_sweep(message):
+                # The janitor's copy: live messages also come through the serving
+                # subscription; only a retained one matters here.
+                if message.retain:
+                    self.janitor.found(topic, message.payload)
+                return
+            owner = topics.request_owner(topic)
+            if owner is not None:
+                self._handle_request(owner, topic, message)
                 return
             user_id = topics.parse_presence(topic)
             if user_id is not None:
@@ -182,18 +310,37 @@ class Server:
         finally:
             self._schedule_flush()
 
-    def _handle_request(self, request: topics.RequestTopic, message: paho.MQTTMessage) -> None:
-        user_id, method = request.user_id, request.method
-        self.counters["requests"] += 1
+    def _handle_request(self, user_id: str, topic: str, message: paho.MQTTMessage) -> None:
+        """Any message on ``gochat/v1/req/{user_id}/...``. The cheap checks come first,
+        from the topic and flags alone: a flood past the rate limit costs a counter
+        increment per message, before its properties or payload are looked at."""
+        if message.retain:
+            # Published with the retain flag (seen live, thanks to retain-as-published):
+            # never executed, and cleared so that no subscriber ever gets it again.
+            self.counters["dropped_retained"] += 1
+            self.janitor.found(topic, message.payload)
+            return
         now = self.clock()
-        response_topic, correlation = routing_of(message)
-        verdict = self.limiter.check(user_id, now)
+        verdict, self._gated = self._gated, None
+        if verdict is None:  # not seen by the gate (paho without it)
+            self.counters["requests"] += 1
+            verdict = self.limiter.check(user_id, now)
         if verdict is Verdict.DROP:
             self.counters["dropped_rate_limited"] += 1
             return
+        response_topic, correlation = routing_of(message)
         if verdict is Verdict.REJECT:
             self._refuse(user_id, correlation, Code.RATE_LIMITED, "rate limited")
             return
+        request = topics.parse_request(topic)
+        if request is None:
+            # req/USER, req/USER/, req/USER/a/b: answered only on the user's own
+            # response topic, and only if the request asked for it there.
+            self.counters["malformed"] += 1
+            if response_topic == topics.response(user_id):
+                self._refuse(user_id, correlation, Code.BAD_REQUEST, BAD_TOPIC)
+            return
+        method = request.method
         problem = self._routing_problem(user_id, response_topic, correlation)
         if problem is not None:
             self.counters["malformed"] += 1
@@ -259,7 +406,9 @@ class Server:
             self._pending.append(outcome)
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and (self._replies or self._pending or self.service.dirty):
+        if not self._flush_scheduled and (
+            self._replies or self._pending or self.service.dirty or self.janitor.pending
+        ):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -288,6 +437,7 @@ class Server:
             )
         for outcome in pending:
             self._send_outcome(outcome)
+        self.janitor.flush()
 
     def _send_outcome(self, outcome: Outcome) -> None:
         for user_id, command in outcome.inbox:
@@ -318,3 +468,40 @@ class Server:
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.counters["publish_errors"] += 1
+
+
+def _request_options(*, retained: bool) -> SubscribeOptions:
+    """Options of the request subscription. Normally retain handling 2: no retained
+    request is ever sent to the server. Retain As Published, so a request published
+    with the retain flag is seen as such (and dropped); No Local, since the janitor's
+    clears land there too. ``retained``: retain handling 0, for the janitor's sweep."""
+    return SubscribeOptions(
+        qos=1,
+        noLocal=True,
+        retainAsPublished=True,
+        retainHandling=(
+            SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+            if retained
+            else SubscribeOptions.RETAIN_DO_NOT_SEND
+        ),
+    )
+
+
+def _subscription_id(value: int) -> Properties:
+    props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+    props.SubscriptionIdentifier = value
+    return props
+
+
+def _only_sweep(message: paho.MQTTMessage) -> bool:
+    """Whether ``message`` came through the janitor's sweep subscription alone."""
+    props = message.properties
+    ids = getattr(props, "SubscriptionIdentifier", None) if props is not None else None
+    if not ids:
+        return False
+    if isinstance(ids, int):
+        ids = [ids]
+    return SERVING_SUBSCRIPTION not in ids
+
+
+_REQUEST_PREFIX = topics.REQUEST_PREFIX.encode()

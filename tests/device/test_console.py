@@ -21,6 +21,7 @@ from appliance.device.console import (
     render,
     render_device,
 )
+from appliance.protocol.models import printable
 
 
 def status(**changes: Any) -> dict[str, Any]:
@@ -132,3 +133,21 @@ def test_ports() -> None:
     for bad in ("", "x", "0", "70000"):
         with pytest.raises(ValueError):
             parse_ports(bad)
+
+
+def test_whatever_a_peer_sent_is_escaped_before_it_reaches_the_terminal() -> None:
+    hostile = "E\u202e\x85\x1b[2J\x07\u2066x\u200b"
+    invitation = {"invitation_id": "i", "from_user_id": "pi-host", "from_name": hostile}
+    view = DeviceView(5684, status(invitation=invitation, room_id="r\x1b]0;t\x07"),
+                      last="press: \x1b[31mred")  # fmt: skip
+    text = "\n".join(line_text(x) for x in render_device(view, 0, False, 0.0))
+    assert all(c.isprintable() for line in text.split("\n") for c in line)
+    assert "\\u202e" in text and "\\x1b" in text and "\\x07" in text and "\\x85" in text
+    assert "from E\\u202e\\x85\\x1b[2J" in text
+
+
+def test_printable_leaves_ordinary_text_alone() -> None:
+    for text in ("Anne-Marie", "Zoë's room", "会議室\u3000一", "🎙️ talk", "a\u00a0b"):
+        assert printable(text) == text
+    assert printable("a\tb\nc\x00") == "a\\x09b\\x0ac\\x00"
+    assert printable("\U000e0001") == "\\U000e0001"

@@ -78,6 +78,14 @@ def test_status_blinks_fast_while_the_broker_refuses_us() -> None:
     assert rig.leds.status == "blink-slow"
 
 
+def test_status_blinks_fast_while_another_device_has_our_identity() -> None:
+    rig = listener_rig()
+    rig.send(Disconnected(reason="session taken over", taken_over=True))
+    assert rig.leds.status == "blink-fast"
+    rig.send(Connected())
+    assert rig.leds.status == "blink-slow"
+
+
 def test_status_blinks_fast_while_login_is_refused() -> None:
     rig = Rig()
     rig.send(Started())

@@ -8,12 +8,15 @@ is seen exactly as the broker delivers it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -315,3 +318,61 @@ def test_close_publishes_offline_and_disconnects_cleanly(
     while f"Client {USER} disconnected" not in broker.log_text():
         assert time.monotonic() < deadline, broker.log_text()[-800:]
         time.sleep(0.02)
+
+
+def test_a_retained_audio_frame_is_never_played(
+    broker: Broker, mqtt_client: MqttClientFactory, rigs: Callable[..., SessionRig]
+) -> None:
+    server = server_client(broker, mqtt_client)
+    server.publish_wait(topics.audio("r-1", "bob"), b"stale, retained", qos=1, retain=True)
+    rig = rigs(broker)
+    rig.call(rig.session.start)
+    rig.expect(Connected)
+    rig.call(lambda: rig.session.subscribe_room("r-1"))
+    deadline = time.monotonic() + 5
+    while rig.call(rig.session.stats)["audio_frames_dropped_in"] < 1:  # the retained one
+        assert time.monotonic() < deadline, "the retained frame never arrived"
+        time.sleep(0.02)
+    server.publish_wait(topics.audio("r-1", "bob"), b"live", qos=0)
+    assert rig.frames.get(timeout=5)[2] == b"live"  # the first frame played is the live one
+    assert rig.frames.empty()
+
+
+def test_a_session_taken_over_waits_minutes_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that sends DISCONNECT 0x8E (newer Mosquitto does; 2.0.11 just closes):
+    one takeover, reported at once, and no reconnect for a long while."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def fake_broker() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                accepted.append(conn)
+                conn.recv(4096)  # CONNECT
+                conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK, success, no properties
+                time.sleep(0.2)
+                conn.sendall(b"\xe0\x02\x8e\x00")  # DISCONNECT 0x8E, session taken over
+
+    threading.Thread(target=fake_broker, daemon=True).start()
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    fake = SimpleNamespace(host="127.0.0.1", port=listener.getsockname()[1])
+    rig = SessionRig(fake, password_file=password)  # type: ignore[arg-type]
+    try:
+        rig.call(rig.session.start)
+        event = rig.expect(Disconnected)
+        assert event.taken_over and not event.refused
+        time.sleep(2.0)
+        assert len(accepted) == 1, "reconnected at once: the clones would fight"
+        assert rig.call(rig.session.stats)["takeovers"] == 1
+        [line] = [r.message for r in caplog.records if "another device" in r.message]
+        assert f"another device is using the identity {USER}" in line
+        assert "handed it our session" in line
+    finally:
+        rig.close()
+        listener.close()
+        for conn in accepted:
+            conn.close()

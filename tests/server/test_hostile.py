@@ -140,3 +140,29 @@ def test_an_internal_error_is_a_500_with_a_request_id_and_no_trace(
     finally:
         client.close()
         server.stop()
+
+
+UNSAFE = ["\x00", "\x1b[2J", "\x7f", "\x85", "\u202e", "\u202a", "\u2066", "\u2069",
+          "\u200b", "\ufeff", "\u2028", "\n", "\t"]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", UNSAFE, ids=[f"U+{ord(c[0]):04X}" for c in UNSAFE])
+def test_names_and_subjects_with_control_or_format_characters_are_a_400(
+    users: Users, bad: str
+) -> None:
+    client = users("mallory", login=False)
+    response = client.request("login", {"name": f"Mal{bad}lory"})
+    assert response.code == 400 and response.message.startswith("name: must not contain")
+    assert f"U+{ord(bad[0]):04X}" in response.message
+    client.login("Mallory")
+    response = client.request("create_room", {"subject": f"{bad}Room"})
+    assert response.code == 400 and response.message.startswith("subject: must not contain")
+    assert client.call("get_room_list")["rooms"] == []
+
+
+def test_ordinary_names_and_subjects_pass(users: Users) -> None:
+    client = users("zoe", login=False)
+    for name in ("Zoë", "会議室\u3000一", "🎙️ Anne-Marie", "a\u00a0b", "  spaced  "):
+        assert client.request("login", {"name": name}).code == 0, name
+    room = client.call("create_room", subject="Zoë's café ☕ 会議")["room"]
+    assert room["subject"] == "Zoë's café ☕ 会議"

@@ -187,7 +187,7 @@ def _on_connected(s: DeviceState, out: Out) -> DeviceState:
         s,
         link="up",
         session=None,
-        faults=s.faults - {Fault.BROKER_REFUSED, Fault.PUBLISH_REFUSED},
+        faults=s.faults - {Fault.BROKER_REFUSED, Fault.PUBLISH_REFUSED, Fault.IDENTITY_IN_USE},
         failures=0,
         retry_at=0.0,
         shown=replace(s.shown, subscribed=None),
@@ -197,6 +197,8 @@ def _on_connected(s: DeviceState, out: Out) -> DeviceState:
 def _on_disconnected(s: DeviceState, event: Disconnected, out: Out) -> DeviceState:
     s = _abandon_pending(s, out)
     faults = s.faults | {Fault.BROKER_REFUSED} if event.refused else s.faults
+    if event.taken_over:
+        faults = faults | {Fault.IDENTITY_IN_USE}
     # The target stays: the room is re-joined after the reconnect. An invitation is
     # dropped rather than shown while we cannot answer it (LEDs must not lie).
     s = left(s)
