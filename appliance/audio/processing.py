@@ -258,6 +258,10 @@ class CaptureChain:
             if auto_gain
             else None
         )
+        # AGC2 starts at +15 dB, a gain chosen for nobody: until the first near-end
+        # speech sets it, the chain leaves the level alone (a silent listener on stage
+        # sent its residual echo and noise 15 dB louder than it had to).
+        self._agc_started = False
         factor = PLAYBACK_RATE // rate
         self._decimator = Decimator(factor) if factor > 1 else None
         self.reference = ReferenceRing(rate)
@@ -313,7 +317,8 @@ class CaptureChain:
         else:
             probability = float(self._detector.process(out))
         active = self._vad.is_speech(probability, near, out)
-        if self._agc is not None:
+        if self._agc is not None and (active or self._agc_started):
+            self._agc_started = True
             out[:] = self._agc.process(out, 1.0 if active else 0.0)
         self._vad.update(active, out)
 
