@@ -22,10 +22,16 @@ the room hears it. Measured:
 * the same with the echo 10 dB under the near talker, and the near talker alone (no
   far end: what the chain and the codec do to a lone voice), and the codec alone;
 * noise floor in pauses: the near talker alone in pink noise at -45 dBFS, the decoded
-  stream's level between its words (from 2 s on, 150 ms after each word);
+  stream's level between its words (from 0.5 s after it starts, 150 ms after each
+  word); and AGC2's gain over the same run (5th-95th percentile: a pumping AGC would
+  spread it between words and speech);
 * latency: the chain's own delay, the cross-correlation lag of its output behind its
   input (near talker and noise run); and the mouth-to-ear p50 growth it implies: that
   lag plus the chain's CPU time per capture block (the encoder waits for it);
+* mouth to ear, live: ``benchmarks.mouth_to_ear``'s loopback scenario (real daemons,
+  Mosquitto and the server; clicks into A's stand-in microphone, found in B's
+  speaker) run alternately with the chain on and with every stage off, ``M2E_RUNS``
+  times each; p50 of all clicks of each (``--no-mouth-to-ear`` skips it, ~2 min);
 * CPU: ``time.process_time`` per 10 ms of audio (render + process, median of 3 runs of
   10 s), as % of one core, and as a ratio to one Opus encode of the same 10 ms of audio
   with the profile's encoder settings, measured in the same run.
@@ -38,9 +44,13 @@ Targets (the hands-free issue): ERLE >= 30 dB after convergence; double-talk PES
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,7 +76,7 @@ from hw_mocks.room import dbfs, speech_like
 
 NOISE = "pink:-45"
 PAUSE_GUARD_S = 0.15  # after each word: the room's tail, the chain's delay, the codec
-FLOOR_FROM_S = 2.0  # NS has learnt the noise by then
+FLOOR_FROM_S = NEAR_FROM_S + 0.5  # between words (the lead-in is no pause)
 VARIANTS: dict[str, dict[str, bool]] = {
     "full chain": {},
     "no echo cancellation": {"echo_cancellation": False},
@@ -86,6 +96,7 @@ class Row:
     stoi: str
     pesq_quiet: str
     pesq_alone: str
+    agc_spread: str
     floor_dbfs: float
     lag_ms: float
     cpu_us: float
@@ -103,10 +114,9 @@ class Row:
     def cells(self) -> list[object]:
         return [
             self.profile, self.variant, f"{self.erle_early:.1f}", f"{self.erle_late:.1f}",
-            self.pesq, self.stoi, self.pesq_quiet, self.pesq_alone, f"{self.floor_dbfs:.1f}",
-            f"{self.lag_ms:.1f}",
-            f"{self.m2e_ms:.1f}", f"{self.cpu_us:.0f}", f"{self.cpu_us / 100:.2f} %",
-            f"{self.cpu_us / self.opus_us:.2f}",
+            self.pesq, self.stoi, self.pesq_quiet, self.pesq_alone, self.agc_spread,
+            f"{self.floor_dbfs:.1f}", f"{self.lag_ms:.1f}", f"{self.m2e_ms:.1f}",
+            f"{self.cpu_us:.0f}", f"{self.cpu_us / 100:.2f} %", f"{self.cpu_us / self.opus_us:.2f}",
         ]  # fmt: skip
 
 
@@ -144,12 +154,33 @@ def opus_per_10ms_us(profile: Profile) -> float:
     return float(np.median(runs)) * 1e6
 
 
+class GainMeter:
+    """A chain that notes AGC2's gain after every block (does the gain pump?)."""
+
+    def __init__(self, chain: CaptureChain) -> None:
+        self.chain = chain
+        self.gains: list[float] = []
+        self.render = chain.render
+
+    def process(self, pcm: np.ndarray) -> np.ndarray:
+        out = self.chain.process(pcm)
+        agc = self.chain._agc
+        if agc is not None:
+            self.gains.append(float(agc.gain_db) if self.chain._agc_started else 0.0)
+        return out
+
+
 def pauses_of(near: np.ndarray, rate: int) -> np.ndarray:
-    """Where the near talker is silent, ``PAUSE_GUARD_S`` after each word, from 2 s."""
-    guard = int(PAUSE_GUARD_S * rate)
-    talking = np.convolve(np.abs(near) > 0, np.ones(guard), "full")[: len(near)] > 0
-    talking[: int(FLOOR_FROM_S * rate)] = True
-    return ~talking
+    """Where the near talker is silent (10 ms frames 50 dB under its loudest), from
+    ``FLOOR_FROM_S`` on, ``PAUSE_GUARD_S`` after each word."""
+    frame = rate // 100
+    frames = near[: len(near) // frame * frame].reshape(-1, frame).astype(float)
+    power = np.mean(frames**2, axis=1)
+    quiet = power < np.max(power) * 10 ** (-50 / 10)
+    guard = round(PAUSE_GUARD_S * 100)
+    talking = np.convolve(~quiet, np.ones(guard), "full")[: len(quiet)] > 0
+    talking[: int(FLOOR_FROM_S * 100)] = True
+    return np.repeat(~talking, frame)
 
 
 def measure(profile: Profile, variant: str, make: Callable[..., Any], opus_us: float) -> Row:
@@ -164,16 +195,19 @@ def measure(profile: Profile, variant: str, make: Callable[..., Any], opus_us: f
     silent = np.zeros_like(far48)
     lone = simulate(make(), silent, rate, block_ms, echo="off", near=near, noise=MIC_FLOOR)
     pesq_alone, _ = quality(near, through_opus(lone.out, profile), rate)
-    alone = simulate(make(), silent, rate, block_ms, echo="off", near=near, noise=NOISE)
+    metered = GainMeter(make())
+    alone = simulate(metered, silent, rate, block_ms, echo="off", near=near, noise=NOISE)
+    talking = metered.gains[int(FLOOR_FROM_S * 1000 / block_ms) :]
+    spread = "-" if not talking else "{:.1f}-{:.1f}".format(*np.percentile(talking, [5, 95]))
     lag_ms = added_delay(near, alone.out, rate) * 1000 / rate
     heard = through_opus(alone.out, profile)
     lag = added_delay(near, heard, rate)
     mask = pauses_of(near, rate)[: len(heard) - lag]
-    floor_db = dbfs(heard[lag:][mask])
+    floor_db = dbfs(heard[lag:][: len(mask)][mask]) if mask.sum() > rate // 4 else float("nan")
     cpu = cpu_per_10ms_us(make, rate, block_ms)
     return Row(
-        profile.name, variant, early, late, pesq_wb, stoi_, pesq_quiet, pesq_alone, floor_db,
-        lag_ms, cpu, opus_us,
+        profile.name, variant, early, late, pesq_wb, stoi_, pesq_quiet, pesq_alone, spread,
+        floor_db, lag_ms, cpu, opus_us,
     )  # fmt: skip
 
 
@@ -199,7 +233,49 @@ def rows() -> list[Row]:
     return out
 
 
-def main() -> None:
+M2E_RUNS = 2
+M2E_CLICKS = 50
+CHAIN_OFF = {"echo_cancellation": False, "noise_suppression": False, "auto_gain": False}
+
+
+def mouth_to_ear_p50s() -> dict[str, list[float]]:
+    """Click latencies (ms) of mouth_to_ear's loopback with the chain on and off."""
+    from benchmarks import mouth_to_ear as m2e  # noqa: PLC0415 - needs Mosquitto
+
+    names = vars(m2e)  # run_scenario makes its daemons through this name
+    original = names["DaemonProcess"]
+    latencies: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for run in range(M2E_RUNS):
+            for label in ("on", "off"):
+                switches = {} if label == "on" else CHAIN_OFF
+
+                def daemon(*args: Any, audio: Any = None, _s: Any = switches, **kw: Any) -> Any:
+                    return original(*args, audio={**(audio or {}), **_s}, **kw)
+
+                names["DaemonProcess"] = daemon
+                scenario = m2e.Scenario(f"loopback 3A {label} {run}", "default", proxy=False)
+                with (
+                    tempfile.TemporaryDirectory(prefix="gochat-vq-m2e-") as tmp,
+                    m2e.bench_world(Path(tmp)) as (broker, coap, _),
+                    contextlib.ExitStack() as stack,
+                ):
+                    result = m2e.run_scenario(
+                        scenario, broker=broker, coap=coap, root=Path(tmp),
+                        clicks=M2E_CLICKS, seed=run + 1, stack=stack,
+                    )  # fmt: skip
+                latencies[label] += result.latencies_ms
+    finally:
+        names["DaemonProcess"] = original
+    return latencies
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--no-mouth-to-ear", action="store_true", help="skip the live mouth-to-ear runs"
+    )
+    args = parser.parse_args(argv)
     results = rows()
     print(machine_header("Hands-free chain, stage by stage (benchmarks.voice_quality)"))
     print(
@@ -212,8 +288,8 @@ def main() -> None:
     )
     headers = [
         "profile", "chain", "ERLE 0-3 s dB", "ERLE >3 s dB", "DT PESQ wb", "DT STOI",
-        "DT PESQ, echo -10 dB", "PESQ, near alone", "floor in pauses dBFS", "chain delay ms",
-        "mouth-to-ear +ms", "CPU µs/10 ms",
+        "DT PESQ, echo -10 dB", "PESQ, near alone", "AGC gain 5-95 % dB",
+        "floor in pauses dBFS", "chain delay ms", "mouth-to-ear +ms", "CPU µs/10 ms",
         "% of a core", "x Opus encode",
     ]  # fmt: skip
     print(markdown_table(headers, [r.cells() for r in results]))
@@ -234,6 +310,25 @@ def main() -> None:
             f"{r.m2e_ms:.1f} {verdict(r.m2e_ms <= TARGET_M2E_MS)}",
         ])  # fmt: skip
     print(markdown_table(["profile", "ERLE dB", "DT PESQ", "CPU", "mouth-to-ear +ms"], checks))
+    if args.no_mouth_to_ear:
+        return
+    try:
+        live = mouth_to_ear_p50s()
+    except Exception as exc:  # never fail: report that it could not run
+        print(f"\nmouth to ear, live: could not run ({type(exc).__name__}: {exc})")
+        return
+    on, off = (float(np.median(live[k])) if live[k] else float("nan") for k in ("on", "off"))
+    print(
+        f"\nMouth to ear, live (loopback, default profile, {M2E_RUNS} x {M2E_CLICKS} clicks "
+        "each, alternating):\n"
+    )
+    print(markdown_table(
+        ["chain", "clicks heard", "p50 ms", "p95 ms"],
+        [[k, len(v), f"{np.median(v):.1f}" if v else "n/a",
+          f"{np.percentile(v, 95):.1f}" if v else "n/a"] for k, v in live.items()],
+    ))  # fmt: skip
+    grow = on - off
+    print(f"\np50 grows by {grow:.1f} ms with the chain: {verdict(grow <= TARGET_M2E_MS)}")
 
 
 if __name__ == "__main__":
