@@ -201,7 +201,7 @@ def on_stage(host: InProcessDaemon, guest: InProcessDaemon) -> None:
 
 # ---------------------------------------------------------------- double talk
 
-B_LEAD_S = 4.0  # B silent while the host talks: the echo canceller converges
+B_LEAD_S = 6.0  # B silent while the host talks: the echo canceller converges
 B_TALK_S = 6.0  # then B talks over the host
 B_DBFS = -20.0  # B's speech at its microphone: as loud as the host's echo (0 dB)
 
@@ -226,12 +226,12 @@ def test_double_talk_the_near_voice_gets_through_without_the_echo(
     heard = Heard(host)
     on_stage(host, guest)
     total = int((B_LEAD_S + B_TALK_S) / 0.02)
-    wait_until(lambda: heard.count("pi-bea"), lambda n: n >= total + 10, 20, "bea's stream")
+    wait_until(lambda: heard.count("pi-bea"), lambda n: n >= total + 10, 25, "bea's stream")
     guest.stop()
     host.stop()
     pcm, _ = heard.stream("pi-bea")
     # Block k of the stream is block k of B's microphone (its WAV starts with capture).
-    lead = slice(int((B_LEAD_S - 1.5) * RATE), int(B_LEAD_S * RATE))
+    lead = slice(int((B_LEAD_S - 2.0) * RATE), int(B_LEAD_S * RATE))
     echo_alone = dbfs(pcm[lead])
     assert echo_alone < B_DBFS - 20, f"echo alone sent at {echo_alone:.1f} dBFS"
     talk = slice(int(B_LEAD_S * RATE), int((B_LEAD_S + B_TALK_S) * RATE))
@@ -269,7 +269,7 @@ def test_room_noise_is_suppressed(
     ann, _ = heard.stream("pi-ann")
     bob, _ = heard.stream("pi-bob")
     suppressed, unsuppressed = dbfs(ann[skip : 5 * RATE]), dbfs(bob[skip : 5 * RATE])
-    assert unsuppressed > -43, f"the noise never reached the microphone ({unsuppressed:.1f})"
+    assert unsuppressed > -48, f"the noise never reached the microphone ({unsuppressed:.1f})"
     assert unsuppressed - suppressed >= 15, f"{unsuppressed:.1f} -> {suppressed:.1f} dBFS"
 
 
@@ -302,5 +302,5 @@ def test_two_echoing_boxes_on_stage_do_not_howl(
         assert late <= early + 2.0, f"the {name}'s stream grew: {early:.1f} -> {late:.1f} dBFS"
         assert late < -10.0, f"the {name}'s stream howls at {late:.1f} dBFS"
     guest_pcm, guest_arrival = at_host.stream("pi-ann")
-    residual = dbfs(between(guest_pcm, guest_arrival, start + 3.0, start + LOOP_S - 0.2))
+    residual = dbfs(between(guest_pcm, guest_arrival, start + 5.0, start + LOOP_S - 0.2))
     assert residual < -50.0, f"the guest sends the host back at {residual:.1f} dBFS"
