@@ -251,7 +251,7 @@ def erle(run: Run, rate: int, lo_s: float, hi_s: float) -> float:
 def to16(x: np.ndarray, rate: int) -> np.ndarray:
     if rate == 16_000:
         return x.astype(float)
-    from scipy.signal import resample_poly  # pystoi's dependency  # noqa: PLC0415
+    from scipy.signal import resample_poly  # type: ignore[import-untyped]  # noqa: PLC0415
 
     return np.asarray(resample_poly(x.astype(float), 1, rate // 16_000))
 
@@ -279,13 +279,13 @@ def quality(near: np.ndarray, out: np.ndarray, rate: int) -> tuple[str, str]:
     ref = to16(near, rate)[int(NEAR_FROM_S * 16_000) :]
     deg = to16(out, rate)[int(NEAR_FROM_S * 16_000) :]
     try:
-        from pesq import pesq  # noqa: PLC0415
+        from pesq import pesq  # type: ignore[import-untyped]  # noqa: PLC0415
 
         p = f"{pesq(16_000, ref / 32768, deg / 32768, 'wb'):.2f}"
     except ImportError:
         p = "n/a"
     try:
-        from pystoi import stoi  # noqa: PLC0415
+        from pystoi import stoi  # type: ignore[import-untyped]  # noqa: PLC0415
 
         s = f"{stoi(ref, deg, 16_000, extended=False):.2f}"
     except ImportError:

@@ -156,6 +156,16 @@ def test_auto_gain_lifts_a_quiet_talker(rate: int, block_ms: int) -> None:
     assert run.speaking.mean() > 0.4
 
 
+@pytest.mark.parametrize(("rate", "block_ms"), PROFILES)
+def test_auto_gain_waits_for_a_talker_before_raising_anything(rate: int, block_ms: int) -> None:
+    """A silent box on stage: the residual echo and the noise go out as the echo
+    canceller and the suppressor leave them, not 15 dB louder (AGC2's initial gain)."""
+    far = far_talker(4)
+    plain = simulate(CaptureChain(rate, auto_gain=False), far, block_ms, noise="pink:-50")
+    gained = simulate(CaptureChain(rate), far, block_ms, noise="pink:-50")
+    assert abs(dbfs(gained.span(gained.out, 1.0)) - dbfs(plain.span(plain.out, 1.0))) < 0.5
+
+
 # ---------------------------------------------------------------- noise
 
 

@@ -1,15 +1,20 @@
 """The hands-free chain end to end: a listener brought on stage hears the host through
-its own speaker, and must not send that echo back into the room.
+its own speaker, and must not send that echo back into the room; its own voice must get
+through while the host talks; room noise is suppressed; and two echoing boxes on stage
+do not howl.
 
 Real broker and server, appliances in process on the stand-in sound card; the
 listener's card sits in a stand-in room whose echo path returns everything its speaker
-plays to its microphone at 0 dB. What the listener publishes is taken just before the
-encoder (the chain's output, sample for sample against what its microphone heard).
+plays to its microphone at 0 dB. The echo tests take what the listener publishes just
+before the encoder (the chain's output, sample for sample against what its microphone
+heard); the others decode what another member of the room receives (:class:`Heard`:
+it holds the room's voice key, so it opens and decodes every frame).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +24,7 @@ import numpy as np
 import pytest
 from appliance.hw_mocks.room import dbfs, speech_like
 
+from appliance.audio import opus
 from testbed.daemons import InProcessDaemon, wait_until
 from testbed.server import RunningServer
 
@@ -70,8 +76,9 @@ class Tap:
         return dbfs(mic[lo:hi]), dbfs(sent[lo:hi])
 
 
-def speech_wav(path: Path) -> Path:
-    pcm = speech_like(8.0, RATE, seed=4, level_dbfs=-20.0)
+def speech_wav(path: Path, pcm: np.ndarray | None = None) -> Path:
+    if pcm is None:
+        pcm = speech_like(8.0, RATE, seed=4, level_dbfs=-20.0)
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -119,3 +126,184 @@ def test_without_echo_cancellation_the_host_comes_back(
     mic, sent = echo_on_stage(daemons, tmp_path, echo_cancellation=False, auto_gain=False)
     assert mic > -30.0, f"the echo never reached the microphone ({mic:.1f} dBFS)"
     assert abs(sent - mic) <= 3.0, f"echo {mic:.1f} dBFS, sent {sent:.1f} dBFS"
+
+
+# ---------------------------------------------------------------- what a member hears
+
+
+BLOCK = RATE // 50  # the default profile: 20 ms at 48 kHz (and 960 timestamp ticks)
+
+
+class Heard:
+    """Every frame a member receives, opened with its room key and decoded per talker.
+
+    Taps the member's receiver on the network thread (before the jitter buffer), so the
+    decoded stream is exactly what the talker published, placed by its timestamp (a
+    frame left out or lost is concealed) and stamped with its arrival time.
+    """
+
+    def __init__(self, device: InProcessDaemon) -> None:
+        audio: Any = device.daemon.audio  # the engine behind the port
+        self.receiver: Any = audio.receiver
+        self._frames: list[tuple[float, str, str, bytes]] = []
+        self._lock = threading.Lock()
+        on_frame = self.receiver.on_frame
+
+        def tapped(user_id: str, topic: str, payload: bytes, arrival: float) -> None:
+            with self._lock:
+                self._frames.append((arrival, user_id, topic, payload))
+            on_frame(user_id, topic, payload, arrival)
+
+        self.receiver.on_frame = tapped
+
+    def count(self, user_id: str) -> int:
+        with self._lock:
+            return sum(1 for f in self._frames if f[1] == user_id)
+
+    def stream(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(decoded int16 samples from the first frame on, arrival time of each block)."""
+        with self._lock:
+            frames = [f for f in self._frames if f[1] == user_id]
+        opener = self.receiver._opener
+        opened = [(t, opener.open(payload, topic)) for t, _, topic, payload in frames]
+        assert opened, f"nothing heard from {user_id}"
+        # Placed by timestamp (48 kHz ticks): a frame DTX left out or the network lost
+        # is concealed where it belongs, so block k is still block k of the microphone.
+        first = opened[0][1].timestamp
+        count = max(((f.timestamp - first) & 0xFFFF_FFFF) // BLOCK for _, f in opened) + 1
+        pcm = np.zeros(count * BLOCK, np.int16)
+        arrival = np.full(count, np.nan)
+        with opus.Decoder(RATE) as decoder:
+            done = -1
+            for t, frame in opened:
+                k = ((frame.timestamp - first) & 0xFFFF_FFFF) // BLOCK
+                if k <= done:
+                    continue  # late or duplicate
+                for gap in range(done + 1, k):
+                    pcm[gap * BLOCK : (gap + 1) * BLOCK] = decoder.conceal(BLOCK)
+                pcm[k * BLOCK : (k + 1) * BLOCK] = decoder.decode(frame.opus)
+                arrival[k], done = t, k
+        return pcm, arrival
+
+
+def between(pcm: np.ndarray, arrival: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The decoded blocks that arrived between ``lo`` and ``hi`` (monotonic seconds)."""
+    blocks = np.flatnonzero((arrival >= lo) & (arrival < hi))
+    assert len(blocks) > 0.8 * (hi - lo) * 50, f"{len(blocks)} blocks between {lo} and {hi}"
+    return np.concatenate([pcm[k * BLOCK : (k + 1) * BLOCK] for k in blocks])
+
+
+def on_stage(host: InProcessDaemon, guest: InProcessDaemon) -> None:
+    guest.press("raise_hand")
+    guest.wait_status(lambda s: s["hand_raised"])
+    host.press("accept")
+    guest.wait_status(lambda s: s["role"] == "speaker" and s["mic_on"])
+
+
+# ---------------------------------------------------------------- double talk
+
+B_LEAD_S = 6.0  # B silent while the host talks: the echo canceller converges
+B_TALK_S = 6.0  # then B talks over the host
+B_DBFS = -20.0  # B's speech at its microphone: as loud as the host's echo (0 dB)
+
+
+@pytest.mark.timeout(60)
+def test_double_talk_the_near_voice_gets_through_without_the_echo(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """The host talks all along; B, on stage in a room echoing at 0 dB, starts talking
+    over the host once the canceller has converged. B's decoded stream carries B's
+    voice within 6 dB of its level, and the host's echo (as loud as B) neither alone nor in the pauses
+    between B's words."""
+    host_voice = speech_wav(tmp_path / "host.wav")  # -20 dBFS, looped: the host never stops
+    b_voice = speech_like(B_TALK_S, RATE, seed=11, level_dbfs=B_DBFS)  # another voice
+    b_wav = np.concatenate([np.zeros(int(B_LEAD_S * RATE), np.int16), b_voice])
+    host = daemons("pi-host", mode="host", subject="Double talk",
+                   audio={"mock_input": f"loop:{host_voice}"})  # fmt: skip
+    guest = daemons("pi-bea", mode="join", audio={
+        "mock_input": str(speech_wav(tmp_path / "bea.wav", b_wav)),  # once, from capture on
+        "mock_echo": ECHO,
+    })  # fmt: skip
+    heard = Heard(host)
+    on_stage(host, guest)
+    total = int((B_LEAD_S + B_TALK_S) / 0.02)
+    wait_until(lambda: heard.count("pi-bea"), lambda n: n >= total + 10, 25, "bea's stream")
+    chain: Any = guest.daemon.audio._chain  # type: ignore[attr-defined]
+    state = "no chain" if chain is None else f"{chain.reference.resyncs} resyncs"
+    guest.stop()
+    host.stop()
+    pcm, _ = heard.stream("pi-bea")
+    # Block k of the stream is block k of B's microphone (its WAV starts with capture).
+    lead = slice(int((B_LEAD_S - 2.0) * RATE), int(B_LEAD_S * RATE))
+    echo_alone = dbfs(pcm[lead])
+    assert echo_alone < B_DBFS - 20, f"echo alone sent at {echo_alone:.1f} dBFS ({state})"
+    talk = slice(int(B_LEAD_S * RATE), int((B_LEAD_S + B_TALK_S) * RATE))
+    sent, clean = dbfs(pcm[talk]), dbfs(b_wav[talk])
+    assert abs(sent - clean) <= 6.0, f"B spoke at {clean:.1f} dBFS, sent {sent:.1f} dBFS"
+    # Between B's words (100 ms after each, for the room's tail and the codec) only the
+    # host's echo could be there.
+    words = np.convolve(np.abs(b_wav[talk]) > 0, np.ones(RATE // 10), "full")[: len(b_wav[talk])]
+    pauses = pcm[talk][words == 0]
+    assert len(pauses) > RATE // 2, "B never paused"
+    leak = dbfs(pauses)
+    assert leak < B_DBFS - 15, f"the host's echo between B's words: {leak:.1f} dBFS"
+
+
+# ---------------------------------------------------------------- noise
+
+
+@pytest.mark.timeout(60)
+def test_room_noise_is_suppressed(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """Two silent boxes on stage in rooms with pink noise at -40 dBFS, one suppressing
+    noise and one not: the first's stream is at least 15 dB quieter."""
+    host = daemons("pi-host", mode="host", subject="Noise")
+    quiet = daemons("pi-ann", mode="join", audio={"mock_noise": "pink:-40"})
+    noisy = daemons("pi-bob", mode="join",
+                    audio={"mock_noise": "pink:-40", "noise_suppression": False})  # fmt: skip
+    heard = Heard(host)
+    on_stage(host, quiet)
+    on_stage(host, noisy)
+    wait_until(lambda: min(heard.count("pi-ann"), heard.count("pi-bob")),
+               lambda n: n >= 250, 15, "both streams")  # fmt: skip
+    host.stop()
+    skip = int(1.0 * RATE)  # NS learns the noise within its first second
+    ann, _ = heard.stream("pi-ann")
+    bob, _ = heard.stream("pi-bob")
+    suppressed, unsuppressed = dbfs(ann[skip : 5 * RATE]), dbfs(bob[skip : 5 * RATE])
+    assert unsuppressed > -48, f"the noise never reached the microphone ({unsuppressed:.1f})"
+    assert unsuppressed - suppressed >= 15, f"{unsuppressed:.1f} -> {suppressed:.1f} dBFS"
+
+
+# ---------------------------------------------------------------- no feedback loop
+
+LOOP_S = 10.0
+
+
+@pytest.mark.timeout(60)
+def test_two_echoing_boxes_on_stage_do_not_howl(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """Host and guest each hear their own speaker at 0 dB and play each other: a loop
+    of gain 1 through two echo paths. The host talks; over 10 s neither stream grows."""
+    voice = speech_wav(tmp_path / "voice.wav")
+    echo = "delay_ms=30,gain_db=0,rt60_ms=250"
+    host = daemons("pi-host", mode="host", subject="Loop",
+                   audio={"mock_input": f"loop:{voice}", "mock_echo": echo})  # fmt: skip
+    guest = daemons("pi-ann", mode="join", audio={"mock_echo": echo})
+    at_host, at_guest = Heard(host), Heard(guest)
+    on_stage(host, guest)
+    start = time.monotonic()
+    time.sleep(LOOP_S)
+    guest.stop()
+    host.stop()
+    for name, heard, user in (("guest", at_host, "pi-ann"), ("host", at_guest, "pi-host")):
+        pcm, arrival = heard.stream(user)
+        early = dbfs(between(pcm, arrival, start + 1.0, start + 3.0))
+        late = dbfs(between(pcm, arrival, start + LOOP_S - 2.0, start + LOOP_S - 0.2))
+        assert late <= early + 2.0, f"the {name}'s stream grew: {early:.1f} -> {late:.1f} dBFS"
+        assert late < -10.0, f"the {name}'s stream howls at {late:.1f} dBFS"
+    guest_pcm, guest_arrival = at_host.stream("pi-ann")
+    residual = dbfs(between(guest_pcm, guest_arrival, start + 5.0, start + LOOP_S - 0.2))
+    assert residual < -50.0, f"the guest sends the host back at {residual:.1f} dBFS"
