@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             heartbeat_latencies(honest, 1.0)  # warm up
             calm = heartbeat_latencies(honest, args.seconds)
-            flood = Flood(broker.host, broker.port, "flooder", password, args.seconds + 1)
+            seconds = args.seconds + 1
+            flood = Flood(broker.host, broker.port, "flooder", password, seconds, broker.ca_file)
             flood.start()
             time.sleep(1.0)  # the flood is up to speed
             stormy = heartbeat_latencies(honest, args.seconds)

@@ -165,5 +165,3 @@ def timeline(pin: MockPin) -> list[Change]:
         at -= state.timestamp
     changes.reverse()
     return changes
-
-

@@ -364,12 +364,20 @@ class Broker:
             if self._proc.poll() is not None:
                 self._proc = None
                 raise BrokerError(f"mosquitto exited at start\n{self._output()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
+            # Every listener, not just the first: Mosquitto binds them in turn and
+            # exits if a later port was taken meanwhile (a free port is only a guess).
+            if all(self._accepts(port) for port in (self.port, self.cert_port, self.plain_port)):
                 return
             time.sleep(0.005)
         self._end(signal.SIGKILL, 5.0)
         raise BrokerError(f"mosquitto did not listen within {timeout} s\n{self._output()}")
+
+    def _accepts(self, port: int) -> bool:
+        try:
+            socket.create_connection((self.host, port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
 
     def _end(self, sig: signal.Signals, timeout: float) -> None:
         proc, self._proc = self._proc, None

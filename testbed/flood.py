@@ -3,7 +3,7 @@
 :class:`Flood` runs ``flood_main`` in its own process (so its publishing loop never
 shares a GIL with the server or the honest client under test): one paho client as
 ``user``, publishing ``heartbeat`` requests as fast as it can for ``seconds``, with
-valid ResponseTopic and CorrelationData, alternating bursts of QoS 0 and QoS 1.
+valid ResponseTopic and CorrelationData over TLS, alternating bursts of QoS 0 and QoS 1.
 :func:`heartbeat_latencies` sends an honest user's heartbeats at a steady pace and
 returns their round-trip times.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -25,11 +26,12 @@ BURST = 200  # messages per QoS before switching to the other
 
 
 def flood_main(  # noqa: PLR0917 (a multiprocessing target)
-    host: str, port: int, user: str, password: str, seconds: float, out: Any
+    host: str, port: int, user: str, password: str, seconds: float, ca_file: str, out: Any
 ) -> None:
     """The child process: flood, then put the number of messages sent on ``out``."""
     client = new_client(user)
     client.username_pw_set(user, password)
+    client.tls_set(ca_certs=ca_file)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(2000)
     client.connect(host, port, keepalive=30)
@@ -65,13 +67,22 @@ class Flood:
     user: str
     password: str
     seconds: float
+    ca_file: Path
 
     def start(self) -> Flood:
         ctx = multiprocessing.get_context("spawn")
         self._out: Any = ctx.Queue()
         self._proc = ctx.Process(
             target=flood_main,
-            args=(self.host, self.port, self.user, self.password, self.seconds, self._out),
+            args=(
+                self.host,
+                self.port,
+                self.user,
+                self.password,
+                self.seconds,
+                str(self.ca_file),
+                self._out,
+            ),
             daemon=True,
         )
         self._proc.start()

@@ -37,6 +37,8 @@ def button_pin(factory: Any, name: ButtonName, pins: PanelPins | None = None) ->
 def led_pin(factory: Any, name: LedName, pins: PanelPins | None = None) -> Any:
     """The ``MockPin`` of LED ``name``."""
     return factory.pin((pins or PanelPins()).led(name))
+
+
 def classify_changes(changes: Sequence[Change], now: float) -> LedPattern | None:
     """The docs/device.md pattern a history shows at ``now``, or None if it cannot tell yet.
 

@@ -218,9 +218,7 @@ def test_the_stand_ins_know_nothing_of_the_appliance(graph: dict[str, set[str]])
 def test_every_package_is_shipped() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     shipped = set(config["tool"]["setuptools"]["packages"])
-    packages = {
-        name for name, path in module_files().items() if path.name == "__init__.py"
-    }
+    packages = {name for name, path in module_files().items() if path.name == "__init__.py"}
     assert shipped == packages
 
 

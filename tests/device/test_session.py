@@ -359,7 +359,7 @@ def test_a_session_taken_over_waits_minutes_and_says_why(
     threading.Thread(target=fake_broker, daemon=True).start()
     password = tmp_path / "password"
     password.write_text("secret\n")
-    fake = SimpleNamespace(host="127.0.0.1", port=listener.getsockname()[1])
+    fake = SimpleNamespace(host="127.0.0.1", port=listener.getsockname()[1], ca_file=None)
     rig = SessionRig(fake, password_file=password)  # type: ignore[arg-type]
     try:
         rig.call(rig.session.start)

@@ -10,6 +10,7 @@ behind tens of thousands of fully decoded messages: p50 above 0.5 s, p99 above 1
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from testbed import Broker
@@ -23,11 +24,13 @@ def test_a_flooding_user_does_not_slow_the_others_down(broker: Broker, tmp_path:
     server = RunningServer(broker, tmp_path / "server.db").start()
     honest = connect(broker, "honest")
     password = broker.add_user("flooder")
-    flood = Flood(broker.host, broker.port, "flooder", password, FLOOD_S).start()
+    flood = Flood(broker.host, broker.port, "flooder", password, FLOOD_S, broker.ca_file).start()
     try:
         assert server.server is not None and server.server.gate_installed
         counters = server.server.counters
+        deadline = time.monotonic() + 20
         while counters["dropped_rate_limited"] < 1000:  # the flood is on
+            assert time.monotonic() < deadline, "the flood never reached the server"
             heartbeat_latencies(honest, 0.2)
         latencies = heartbeat_latencies(honest, FLOOD_S - 2.0)
         sent = flood.join()
