@@ -217,6 +217,7 @@ class Sample:
     latencies: list[float] = field(default_factory=list)  # s, answered requests only
     lags: list[float] = field(default_factory=list)  # s, actual send - due time
     codes: Counter[int] = field(default_factory=Counter)
+    pushes: Counter[str] = field(default_factory=Counter)  # inbox pushes by type
     first_due: float = math.inf
     last_answer: float = 0.0
 
@@ -230,6 +231,7 @@ class Sample:
         self.latencies += other.latencies
         self.lags += other.lags
         self.codes.update(other.codes)
+        self.pushes.update(other.pushes)
         self.first_due = min(self.first_due, other.first_due)
         self.last_answer = max(self.last_answer, other.last_answer)
 
@@ -237,7 +239,16 @@ class Sample:
 class Conn:
     """One simulated user: a paho client plus what the worker tracks about it."""
 
-    __slots__ = ("client", "failed", "login_payload", "ready", "response_topic", "user", "writing")
+    __slots__ = (
+        "client",
+        "failed",
+        "inbox_topic",
+        "login_payload",
+        "ready",
+        "response_topic",
+        "user",
+        "writing",
+    )
 
     def __init__(self, worker: LoadWorker, user: str, password: str) -> None:
         self.user = user
@@ -245,6 +256,7 @@ class Conn:
         self.failed = False
         self.writing = False  # registered for EVENT_WRITE
         self.response_topic = topics.response(user)
+        self.inbox_topic = topics.inbox(user)
         self.login_payload = json.dumps({"name": user[:32]}).encode()
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -282,6 +294,7 @@ class LoadWorker:
         self._answered: list[float] = []
         self._codes: list[int] = []
         self._stray = 0
+        self._pushes: Counter[str] = Counter()
         self._next_misc = 0.0
 
     # --- paho callbacks (userdata is the Conn) ----------------------------------------
@@ -299,7 +312,8 @@ class LoadWorker:
             conn.failed = True
             self.failures.append(f"{conn.user}: CONNACK {reason}")
             return
-        client.subscribe(conn.response_topic, qos=1)
+        # The inbox too, as a device does: the join storm's media_key pushes are real load.
+        client.subscribe([(conn.response_topic, 1), (conn.inbox_topic, 1)])
 
     def on_subscribe(self, _c: paho.Client, conn: Conn, _m: int, reasons: Any, _p: Any) -> None:
         if any(r.is_failure for r in reasons):
@@ -312,7 +326,10 @@ class LoadWorker:
         conn.ready = False
         self.disconnects += 1
 
-    def on_message(self, _c: paho.Client, _conn: Conn, message: paho.MQTTMessage) -> None:
+    def on_message(self, _c: paho.Client, conn: Conn, message: paho.MQTTMessage) -> None:
+        if message.topic == conn.inbox_topic:
+            self._pushes[_push_type(message.payload)] += 1
+            return
         correlation = getattr(message.properties, "CorrelationData", None)
         index = self._pending.pop(bytes(correlation), None) if correlation is not None else None
         if index is None:
@@ -383,6 +400,7 @@ class LoadWorker:
         self._answered = [0.0] * plan.count
         self._codes = [-1] * plan.count
         self._stray = 0
+        self._pushes.clear()
         disconnects_before = self.disconnects
         basis = [0.0] * plan.count  # due time (paced) or actual send time (burst)
         sample = Sample()
@@ -435,6 +453,7 @@ class LoadWorker:
         sample.unanswered = len(self._pending)
         sample.first_due = basis[0] if basis else math.inf
         sample.stray = self._stray
+        sample.pushes = Counter(self._pushes)
         sample.disconnects = self.disconnects - disconnects_before
         self._pending.clear()
         return sample
@@ -455,6 +474,13 @@ def _code_of(payload: bytes | bytearray) -> int:
         return int(json.loads(payload)["code"])
     except (ValueError, KeyError, TypeError):
         return -2  # not a protocol envelope
+
+
+def _push_type(payload: bytes | bytearray) -> str:
+    try:
+        return str(json.loads(payload)["type"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable"
 
 
 def worker_main(host: str, port: int, pipe: Connection) -> None:
@@ -1110,6 +1136,11 @@ def storm_table(results: list[StormResult]) -> str:
     row("Unanswered after 10 s", "0", (f"{r.sample.unanswered:,}" for r in results))
     row("Non-zero codes", "none", (other_codes(r.sample) for r in results))
     row("Client disconnects", "0", (f"{r.sample.disconnects:,}" for r in results))
+    row(
+        "Voice-key pushes (media_key) received",
+        "",
+        (f"{r.sample.pushes['media_key']:,}" for r in results),
+    )
     row(
         "Room-state publishes seen by host",
         f"≤ {1 / STATE_MIN_INTERVAL_S:.0f}/s (coalesced)",

@@ -34,6 +34,7 @@ from appliance.protocol import topics
 from appliance.protocol.models import Code
 from appliance.server.gate import RateLimiter, ReplayCache, Verdict
 from appliance.server.janitor import SWEEP_EVERY_S, SWEEP_WINDOW_S, Janitor
+from appliance.server.outbox import Outbox
 from appliance.server.publisher import RoomStatePublisher
 from appliance.server.rules import Outcome, RoomService
 from appliance.server.settings import ServerSettings
@@ -99,6 +100,7 @@ class Server:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
         self._gated: Verdict | None = None  # the gate's verdict on the message at hand
         self._paho_handle_publish: Callable[[], MQTTErrorCode] | None = None
         self.gate_installed = self._install_gate()
@@ -106,6 +108,7 @@ class Server:
         self._replies: list[_Reply] = []
         self._pending: list[Outcome] = []
         self._flush_scheduled = False
+        self.outbox = Outbox(self._publish_push, self._loop)
         self.janitor = Janitor(self._clear_retained, self.counters)
         self._sweeps: list[asyncio.TimerHandle] = []
 
@@ -135,8 +138,9 @@ class Server:
                 await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
 
     def close(self) -> None:
-        """Commit what is pending, disconnect and close the store."""
+        """Commit what is pending, send it, disconnect and close the store."""
         self._flush()
+        self.outbox.flush()
         self._cancel_sweeps()
         self._driver.stop()
         self.store.close()
@@ -165,6 +169,7 @@ class Server:
         )
         self._cancel_sweeps()
         self._sweep()
+        self.outbox.connected()
         self._connected()
 
     def _on_disconnect(
@@ -172,6 +177,7 @@ class Server:
     ) -> None:
         log.warning("disconnected from the broker: %s", reason)
         self.connected.clear()
+        self.outbox.disconnected()
         self._cancel_sweeps()
         self._driver.disconnected()
 
@@ -440,8 +446,14 @@ class Server:
         self.janitor.flush()
 
     def _send_outcome(self, outcome: Outcome) -> None:
-        for user_id, command in outcome.inbox:
-            self._publish(topics.inbox(user_id), m.dump(command))
+        dumped: dict[int, bytes] = {}  # a rotation pushes one command to every member
+
+        def payload(command: BaseModel) -> bytes:
+            if id(command) not in dumped:
+                dumped[id(command)] = m.dump(command)
+            return dumped[id(command)]
+
+        self.outbox.send([(topics.inbox(user), payload(cmd)) for user, cmd in outcome.inbox])
         for room_id in outcome.rooms_changed:
             self.publisher.changed(room_id)
         for room_id in outcome.retained_to_clear:
@@ -456,6 +468,16 @@ class Server:
             return
         self.counters["room_state_publishes"] += 1
         self._publish(topics.room_state(room_id), m.dump(room.to_state()), retain=True)
+
+    def _on_publish(self, _c: paho.Client, _u: object, mid: int, _r: object, _p: object) -> None:
+        self.outbox.acknowledged(mid)
+
+    def _publish_push(self, topic: str, payload: bytes) -> int | None:
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.counters["publish_errors"] += 1
+            return None
+        return info.mid
 
     def _publish(
         self,
