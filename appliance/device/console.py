@@ -282,9 +282,8 @@ def render(
     devices side by side as far as they fit, then the members of the selected device's
     room, what the last key did (wrapped, whole), and the help line at the bottom."""
     inner = max(20, width - 1)
-    top: list[Line] = [
-        [(" GoChat appliances ", "title"), (f"  {len(views)} device(s) over CoAP", "dim")],
-    ]
+    count = f"  {len(views)} device(s) over CoAP"
+    top: list[Line] = [[(" GoChat appliances ", "title"), (count[: max(0, inner - 19)], "dim")]]
     if screen.help:
         body: list[Line] = [[(f" {text}"[:inner], "label")] for text in LEGEND]
         return _fit([*top, [], *body], [], height, inner)
@@ -321,9 +320,9 @@ def render_device(
     come from a peer (a name, a room id): escaped, then cut to the column."""
     marker = "▶" if selected else " "
     status = view.status
-    port = f" :{view.port}"
-    user = _cut(printable(view.user_id or "?"), width - 4 - len(port))
-    head: Line = [(f"{marker}[{index + 1}] {user}{port}", "selected" if selected else "title")]
+    prefix, port = f"{marker}[{index + 1}] ", f" :{view.port}"
+    user = _cut(printable(view.user_id or "?"), width - len(prefix) - len(port))
+    head: Line = [(f"{prefix}{user}{port}", "selected" if selected else "title")]
     if status is None:
         return [head, [(_cut(f"  {printable(view.error or 'no answer')}", width), "warn")]]
     connection = printable(str(status.get("connection")))

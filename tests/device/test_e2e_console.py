@@ -2,7 +2,7 @@
 
 Three in-process daemons (mock GPIO) join a room on a real broker and server; a
 :class:`~appliance.device.console.Console` watches them over CoAP on its own thread and
-draws on an 80×24 stand-in terminal (the only thing stood in: a curses window). Each
+draws on an 80x24 stand-in terminal (the only thing stood in: a curses window). Each
 step types keys, then checks the devices' own ``/status`` and what the screen shows.
 """
 
@@ -24,7 +24,7 @@ HEIGHT, WIDTH = 24, 80
 
 
 class Terminal:
-    """An 80×24 curses window: keys typed by the test, text drawn by the console."""
+    """An 80x24 curses window: keys typed by the test, text drawn by the console."""
 
     def __init__(self) -> None:
         self._keys: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -101,7 +101,7 @@ def test_a_host_picks_a_member_and_invites_mutes_and_removes_them_with_keys(
     room: list[InProcessDaemon], console: tuple[Console, Terminal], coap: CoapClient
 ) -> None:
     host, ann, _ = room
-    shell, terminal = console
+    _, terminal = console
     screen_shows(terminal, "▶[1] pi-host", HELP_LINE.strip())
 
     # Device 1 (the host) is selected; p picks the first other member: pi-ann.
