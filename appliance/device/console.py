@@ -39,6 +39,9 @@ RETRY_S = 1.0
 POLL_S = 2.0
 """A plain GET this often notices a device that went away without a word."""
 REQUEST_TIMEOUT_S = 5.0
+REFUSALS_S = 0.3
+"""How often ``/counters`` is read for refusals the console did not cause (a finger on
+the box, a sent press the server refused): within a flash's length (0.6 s)."""
 HOST_TIMEOUT_S = 20.0
 """A host action answers once the server did; the device gives up after 15 s."""
 COLUMN_WIDTH = 40
@@ -185,6 +188,12 @@ class DeviceView:
     """Whether that was a refusal or an error."""
     flash_at: float | None = None
     """Wall time of the latest refused press: its flash is drawn from then on."""
+    refusals: int | None = None
+    """The device's ``presses_refused`` counter at the latest reading."""
+    own_refusal_at: float | None = None
+    """A press of the console refused, not yet seen in the counter."""
+    box_refusal_at: float | None = None
+    """A rise of the counter not (yet) matched with a press of the console."""
     seen_at: float = field(default=0.0)
 
     @property
@@ -218,6 +227,34 @@ def flash_lit(flash_at: float | None, now: float) -> bool | None:
     if flash_at is None or not 0.0 <= now - flash_at < FLASH_S:
         return None
     return (now - flash_at) % (2 * DEFAULT_FLASH_S) < DEFAULT_FLASH_S
+
+
+MATCH_S = 1.0
+"""A refused press of the console and a rise of the counter this close are one refusal."""
+
+
+def note_refusals(view: DeviceView, count: int, now: float) -> None:
+    """The device's ``presses_refused`` counter read ``count``: a rise that is not the
+    console's own refused press is a flash on the box, so it flashes on screen too."""
+    known, view.refusals = view.refusals, count
+    if known is None or count <= known:  # first reading, none new, or a restart
+        return
+    rise = count - known
+    if view.own_refusal_at is not None and now - view.own_refusal_at < MATCH_S:
+        rise -= 1  # shown already, with its reason
+    view.own_refusal_at = None
+    if rise > 0:
+        view.flash_at = view.box_refusal_at = now
+        view.last = "a press was refused on the device (status LED flashed; its log says why)"
+        view.last_bad = True
+
+
+def note_own_refusal(view: DeviceView, now: float) -> None:
+    """A press of the console was refused: flash, unless the counter showed it first."""
+    if view.box_refusal_at is not None and now - view.box_refusal_at < MATCH_S:
+        view.box_refusal_at = None  # the same refusal: its flash is already on
+    else:
+        view.flash_at = view.own_refusal_at = now
 
 
 def room_members(views: Sequence[DeviceView], selected: int) -> list[MemberView]:
@@ -467,6 +504,7 @@ class Console:
         """Observe every device and draw on ``screen`` (a curses window) until quit."""
         self._client = await CoapClient.create()
         tasks = [asyncio.create_task(self._watch(view)) for view in self.views]
+        tasks += [asyncio.create_task(self._refusals(view)) for view in self.views]
         try:
             while not self.quit:
                 self._keys(screen)
@@ -542,7 +580,7 @@ class Console:
         reason = f": {body['reason']}" if body.get("reason") else ""
         view.last, view.last_bad = f"{what}: {outcome}{reason}", outcome == "refused"
         if outcome == "refused":  # the box flashed its status LED: so does the screen
-            view.flash_at = time.time()
+            note_own_refusal(view, time.time())
 
     async def _host(self, view: DeviceView, action: HostActionName, user_id: str) -> None:
         what = f"{action} {user_id}"
@@ -582,6 +620,17 @@ class Console:
         finally:
             poll.cancel()
             observation.cancel()
+
+    async def _refusals(self, view: DeviceView) -> None:
+        """Read ``/counters`` often enough to show every refusal flash of the box."""
+        while True:
+            with contextlib.suppress(Exception):  # a device away: _watch says so
+                reply = await self._request(view.port, "GET", "/counters")
+                if reply.ok and isinstance(reply.body, dict):
+                    count = reply.body.get("presses_refused", 0)
+                    if isinstance(count, int):
+                        note_refusals(view, count, time.time())
+            await asyncio.sleep(REFUSALS_S)
 
     async def _poll(self, view: DeviceView) -> None:
         while True:
@@ -727,6 +776,8 @@ __all__ = [
     "led_lit",
     "line_text",
     "next_pick",
+    "note_own_refusal",
+    "note_refusals",
     "parse_ports",
     "render",
     "render_device",

@@ -27,6 +27,8 @@ from appliance.device.console import (
     led_lit,
     line_text,
     next_pick,
+    note_own_refusal,
+    note_refusals,
     parse_ports,
     render,
     render_device,
@@ -278,3 +280,31 @@ def test_keys_that_need_a_member_say_so_and_send_nothing_when_none_is_picked() -
     console.handle(Select(7))  # no such device: nothing changes
     console.handle(Quit())
     assert console.selected == 1 and console.quit
+
+
+def test_refusals_counted_on_the_device_flash_once_each() -> None:
+    view = DeviceView(5683, status(), error=None)
+    note_refusals(view, 4, 10.0)  # the first reading is history: no flash
+    assert (view.refusals, view.flash_at, view.last) == (4, None, "")
+    note_refusals(view, 4, 10.3)
+    assert view.flash_at is None
+    note_refusals(view, 5, 10.6)  # one more on the box: it flashed there, and here
+    assert view.flash_at == 10.6 and view.last_bad
+    assert "refused on the device" in view.last
+    note_refusals(view, 0, 12.0)  # the daemon restarted: start counting again
+    assert (view.refusals, view.flash_at) == (0, 10.6)
+
+
+def test_the_consoles_own_refusal_flashes_once_whichever_news_comes_first() -> None:
+    view = DeviceView(5683, status(), error=None, refusals=3)
+    note_own_refusal(view, 20.0)  # the answer to the press first...
+    assert view.flash_at == 20.0
+    note_refusals(view, 4, 20.2)  # ...then the counter: the same refusal
+    assert view.flash_at == 20.0 and view.last == ""
+    note_refusals(view, 5, 20.5)  # a finger on the box next: a new flash
+    assert view.flash_at == 20.5
+    note_refusals(view, 6, 30.0)  # the counter first...
+    note_own_refusal(view, 30.1)  # ...then the answer: no second flash
+    assert view.flash_at == 30.0
+    note_own_refusal(view, 40.0)  # long after: a refusal of its own
+    assert view.flash_at == 40.0

@@ -12,11 +12,10 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from appliance.device.console import HELP_LINE, Console
+from appliance.device.console import HELP_LINE, Console, DeviceView
 from testbed.daemons import CoapClient, InProcessDaemon, wait_until
 from testbed.server import RunningServer
 
@@ -79,15 +78,16 @@ def console(room: list[InProcessDaemon]) -> Iterator[tuple[Console, Terminal]]:
     terminal = Terminal()
     thread = threading.Thread(target=asyncio.run, args=(shell.run(terminal),), daemon=True)
     thread.start()
-    wait_until(lambda: [v.status for v in shell.views], _all_in_room, 10.0, "console sees all")
+    wait_until(lambda: shell.views, _all_in_room, 10.0, "console sees all")
     yield shell, terminal
     terminal.type("q")
     thread.join(5.0)
     assert not thread.is_alive()
 
 
-def _all_in_room(statuses: list[Any]) -> bool:
-    return all(s is not None and s["role"] is not None for s in statuses)
+def _all_in_room(views: list[DeviceView]) -> bool:
+    # in the room, and the refusal counter read once (what came before is history)
+    return all(v.status and v.status["role"] and v.refusals is not None for v in views)
 
 
 def screen_shows(terminal: Terminal, *texts: str) -> str:
@@ -146,9 +146,19 @@ def test_refusals_are_shown_whole_and_the_refused_press_flashes_on_screen(
     terminal.type("2M")
     wait_until(lambda: ann.daemon.counts["presses_refused"], lambda n: n == 1, 5.0, "refused")
     view = shell.views[1]
-    wait_until(lambda: view.flash_at, lambda t: t is not None, 5.0, "flash on screen")
-    assert view.last_bad and view.last == "mute long: refused: this press does nothing"
-    screen_shows(terminal, "mute long: refused: this press does nothing")
+    said = "mute long: refused: this press does nothing"
+    wait_until(lambda: view.last, lambda text: text == said, 5.0, "refusal on screen")
+    assert view.last_bad and view.flash_at is not None
+    screen_shows(terminal, said)
+
+    # A finger on the box: the console learns of the refusal from /counters and
+    # flashes too (its own refusal above was not taken for a second one).
+    flashed = view.flash_at
+    ann.press("mute")  # a listener's mute: refused on the box
+    wait_until(lambda: view.flash_at, lambda t: t != flashed, 5.0, "the box's flash")
+    assert ann.daemon.counts["presses_refused"] == 2
+    screen_shows(terminal, "a press was refused on the device")
+    assert view.refusals == 2
     assert ann.status["mic_on"] is False
 
     # A host action from a listener: the device refuses it and says why, in full.
