@@ -198,8 +198,9 @@ class DeviceView:
 
     @property
     def user_id(self) -> str | None:
-        """The device's user id, once it answered."""
-        return str(self.status["user_id"]) if self.status else None
+        """The device's user id, once it answered (with one)."""
+        user_id = self.status.get("user_id") if self.status else None
+        return None if user_id is None else str(user_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,3 +308,11 @@ def test_the_consoles_own_refusal_flashes_once_whichever_news_comes_first() -> N
     assert view.flash_at == 30.0
     note_own_refusal(view, 40.0)  # long after: a refusal of its own
     assert view.flash_at == 40.0
+
+
+def test_a_status_of_the_wrong_shape_is_drawn_as_unknown_never_a_crash() -> None:
+    odd = [{}, {"user_id": None, "leds": "on", "invitation": []}, {"role": 7, "room_id": 3}]
+    views = [DeviceView(5683 + i, status, error=None) for i, status in enumerate(odd)]
+    for selected in range(3):
+        lines = render(views, Screen(selected=selected, picked="x"), 0.0, 80, 24)
+        assert len(lines) == 24 and "[1] ? :5683" in line_text(lines[2])
