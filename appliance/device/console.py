@@ -325,7 +325,8 @@ def render(
     if screen.help:
         body: list[Line] = [[(f" {text}"[:inner], "label")] for text in LEGEND]
         return _fit([*top, [], *body], [], height, inner)
-    tail = [*_members_lines(views, screen, inner), *_message_lines(views, screen, inner)]
+    message = _message_lines(views, screen, inner)
+    tail = [*_members_lines(views, screen, inner), *([[], *message] if message else [])]
     devices = _device_rows(views, screen.selected, now, inner)
     room = height - 1 - len(top) - len(tail)
     return _fit([*top, *devices[: max(0, room)]], tail, height, inner)
@@ -343,7 +344,7 @@ def _device_rows(views: Sequence[DeviceView], selected: int, now: float, inner: 
         return [[]]
     per_row = max(1, min(len(views), inner // MIN_COLUMN_WIDTH))
     column = min(COLUMN_WIDTH, inner // per_row)
-    blocks = [render_device(v, i, i == selected, now, column - 2) for i, v in enumerate(views)]
+    blocks = [render_device(v, i, i == selected, now, column - 1) for i, v in enumerate(views)]
     lines: list[Line] = [[]]
     for start in range(0, len(blocks), per_row):
         lines += _side_by_side(blocks[start : start + per_row], column)
