@@ -9,14 +9,22 @@ step types keys, then checks the devices' own ``/status`` and what the screen sh
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import pty
 import queue
+import select
+import struct
+import sys
+import termios
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from appliance.device.console import HELP_LINE, Console, DeviceView
-from testbed.daemons import CoapClient, InProcessDaemon, wait_until
+from testbed.daemons import CoapClient, InProcessDaemon, free_udp_port, wait_until
 from testbed.server import RunningServer
 
 HEIGHT, WIDTH = 24, 80
@@ -167,3 +175,37 @@ def test_refusals_are_shown_whole_and_the_refused_press_flashes_on_screen(
     terminal.type("i")
     screen_shows(terminal, "invite pi-host: 4.03 only the host can invite")
     assert bob.status["invitation"] is None and ann.status["role"] == "listener"
+
+
+def test_the_console_command_draws_in_a_real_80x24_terminal_and_quits_on_q() -> None:
+    """``gochat-appliance console`` under curses in a pseudo-terminal: the help line, the
+    legend on ``?``, the devices that do not answer, and a clean exit on ``q``."""
+    ports = f"{free_udp_port()},{free_udp_port()},{free_udp_port()}"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real command, in the terminal
+        os.environ["TERM"] = "xterm-256color"
+        os.execv(sys.executable, [sys.executable, "-m", "appliance", "console", "--ports", ports])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", HEIGHT, WIDTH, 0, 0))
+    seen = bytearray()
+
+    def read_until(text: str, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text.encode() not in seen:
+            assert time.monotonic() < deadline, f"{text!r} not drawn: {bytes(seen)[-500:]!r}"
+            if select.select([fd], [], [], 0.1)[0]:
+                seen.extend(os.read(fd, 65536))
+
+    status: int | None = None
+    try:
+        read_until("? help  q quit")
+        read_until("waiting for the device")
+        os.write(fd, b"?")
+        read_until("show or hide this legend")
+        os.write(fd, b"q")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if status is None:  # still running: it failed to draw or to quit
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
