@@ -4,11 +4,14 @@ A small curses UI (stdlib only) over each appliance's CoAP API: it Observes
 ``/status`` of every port given and draws, per device, who it is, its connection,
 room, role, microphone, hand and invitation, and its four LEDs as coloured ●/○ that
 blink at their real rates. Keys press the selected device's buttons through
-``POST /buttons/{name}``, exactly as a finger on the box would.
+``POST /buttons/{name}``, exactly as a finger on the box would, and let a host pick
+another member of its room and invite, mute or remove them (``POST /host/{action}``).
+What each key did is shown below the devices, whole: a refusal's reason is wrapped,
+never cut, and a refused press flashes the status LED on screen as on the box.
 
-The pure parts — :func:`action_for_key`, :func:`led_lit` and :func:`render` — are
-plain functions of their inputs, tested without a terminal; :func:`run_console` is
-the thin curses and asyncio shell around them.
+The pure parts — :func:`action_for_key`, :func:`led_lit`, :func:`room_members` and
+:func:`render` — are plain functions of their inputs, tested without a terminal;
+:class:`Console` is the asyncio side and :func:`run_console` the thin curses shell.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import asyncio
 import contextlib
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from appliance.device.coap_client import CoapClient, Reply
 from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName
-from appliance.device.events import ButtonName, PressKind
+from appliance.device.events import ButtonName, HostActionName, PressKind
+from appliance.device.panel import DEFAULT_FLASH_S, FLASHES
 from appliance.protocol.models import printable
 
 FRAME_S = 0.04
@@ -34,7 +39,17 @@ RETRY_S = 1.0
 POLL_S = 2.0
 """A plain GET this often notices a device that went away without a word."""
 REQUEST_TIMEOUT_S = 5.0
+REFUSALS_S = 0.3
+"""How often ``/counters`` is read for refusals the console did not cause (a finger on
+the box, a sent press the server refused): within a flash's length (0.6 s)."""
+HOST_TIMEOUT_S = 20.0
+"""A host action answers once the server did; the device gives up after 15 s."""
 COLUMN_WIDTH = 40
+"""Widest a device's column gets."""
+MIN_COLUMN_WIDTH = 26
+"""Narrowest: three devices side by side on an 80-column terminal."""
+FLASH_S = 2 * FLASHES * DEFAULT_FLASH_S
+"""A refusal flash on screen lasts as long as on the box (0.6 s)."""
 
 Style = Literal[
     "plain",
@@ -76,11 +91,30 @@ class Press:
 
 
 @dataclass(frozen=True, slots=True)
+class Pick:
+    """Pick the next (``step`` 1) or previous (-1) member of the selected device's room."""
+
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """Ask the selected device, as host, to ``action`` the picked member."""
+
+    action: HostActionName
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    """Show or hide the full key legend."""
+
+
+@dataclass(frozen=True, slots=True)
 class Quit:
     """Leave the console."""
 
 
-Action = Select | Cycle | Press | Quit
+Action = Select | Cycle | Press | Pick | Host | Help | Quit
 
 KEYS: dict[str, Action] = {
     **{str(n): Select(n - 1) for n in range(1, 10)},
@@ -91,16 +125,42 @@ KEYS: dict[str, Action] = {
     "M": Press("mute", "long"),
     "a": Press("accept", "short"),
     "A": Press("accept", "long"),
+    "p": Pick(1),
+    "P": Pick(-1),
+    "i": Host("invite"),
+    "x": Host("mute"),
+    "k": Host("remove"),
+    "?": Help(),
+    "h": Help(),
     "q": Quit(),
     "Q": Quit(),
     "\x1b": Quit(),
 }
 """Keys and what they do (see :data:`LEGEND`)."""
 
+HELP_LINE = " 1-9 device  r m a press  p member  i invite x mute k remove  ? help  q quit"
+"""The one line of help always shown at the bottom (fits 80 columns)."""
+
 LEGEND = [
-    "1-9/Tab select device    r raise hand    m mute    a accept",
-    "R M A  long press (as if held 1.5 s)    q quit",
+    "1-9, Tab  select a device (▶): the keys below act on it",
+    "r         raise or lower the hand (short press of raise_hand)",
+    "R         leave the stage (long press of raise_hand)",
+    "m         microphone off or on (short press of mute)",
+    "M         long press of mute (refused: nothing is bound to it)",
+    "a         accept the invitation; host: invite the oldest raised hand",
+    "A         decline the invitation (long press of accept)",
+    "p, P      pick the next or previous member of the device's room (▸)",
+    "i         host: invite the picked member onto the stage",
+    "x         host: mute the picked member",
+    "k         host: remove the picked member from the stage",
+    "?, h      show or hide this legend",
+    "q, Esc    quit",
+    "",
+    "● lit, ○ dark, blinking at the device's own rates. A red status light",
+    "flashing twice is a refused press (0.6 s, as on the box). Members are the",
+    "other devices shown here that are in the same room.",
 ]
+"""The full legend, shown instead of the devices while help is on."""
 
 
 def action_for_key(key: str | int) -> Action | None:
@@ -123,7 +183,34 @@ class DeviceView:
     status: dict[str, Any] | None = None
     error: str | None = "waiting for the device"
     last: str = ""
+    """What the latest key did on this device (shown whole, wrapped)."""
+    last_bad: bool = False
+    """Whether that was a refusal or an error."""
+    flash_at: float | None = None
+    """Wall time of the latest refused press: its flash is drawn from then on."""
+    refusals: int | None = None
+    """The device's ``presses_refused`` counter at the latest reading."""
+    own_refusal_at: float | None = None
+    """A press of the console refused, not yet seen in the counter."""
+    box_refusal_at: float | None = None
+    """A rise of the counter not (yet) matched with a press of the console."""
     seen_at: float = field(default=0.0)
+
+    @property
+    def user_id(self) -> str | None:
+        """The device's user id, once it answered (with one)."""
+        user_id = self.status.get("user_id") if self.status else None
+        return None if user_id is None else str(user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """A member a host can pick: another shown device in the same room."""
+
+    user_id: str
+    role: str
+    mic_on: bool
+    hand_raised: bool
 
 
 def led_lit(pattern: str, now: float) -> bool:
@@ -136,59 +223,171 @@ def led_lit(pattern: str, now: float) -> bool:
     return False
 
 
+def flash_lit(flash_at: float | None, now: float) -> bool | None:
+    """During a refusal flash, whether the status LED is lit; None outside one."""
+    if flash_at is None or not 0.0 <= now - flash_at < FLASH_S:
+        return None
+    return (now - flash_at) % (2 * DEFAULT_FLASH_S) < DEFAULT_FLASH_S
+
+
+MATCH_S = 1.0
+"""A refused press of the console and a rise of the counter this close are one refusal."""
+
+
+def note_refusals(view: DeviceView, count: int, now: float) -> None:
+    """The device's ``presses_refused`` counter read ``count``: a rise that is not the
+    console's own refused press is a flash on the box, so it flashes on screen too."""
+    known, view.refusals = view.refusals, count
+    if known is None or count <= known:  # first reading, none new, or a restart
+        return
+    rise = count - known
+    if view.own_refusal_at is not None and now - view.own_refusal_at < MATCH_S:
+        rise -= 1  # shown already, with its reason
+    view.own_refusal_at = None
+    if rise > 0:
+        view.flash_at = view.box_refusal_at = now
+        view.last = "a press was refused on the device (status LED flashed; its log says why)"
+        view.last_bad = True
+
+
+def note_own_refusal(view: DeviceView, now: float) -> None:
+    """A press of the console was refused: flash, unless the counter showed it first."""
+    if view.box_refusal_at is not None and now - view.box_refusal_at < MATCH_S:
+        view.box_refusal_at = None  # the same refusal: its flash is already on
+    else:
+        view.flash_at = view.own_refusal_at = now
+
+
+def room_members(views: Sequence[DeviceView], selected: int) -> list[MemberView]:
+    """The other devices online in the selected device's room, as the host may pick
+    them (``/status`` describes a device only, so the console's own devices are the
+    members it knows)."""
+    if not 0 <= selected < len(views) or views[selected].status is None:
+        return []
+    me = views[selected].status or {}
+    room = me.get("room_id")
+    if room is None or me.get("role") is None:
+        return []
+    members: list[MemberView] = []
+    for view in views:
+        status = view.status
+        if status is None or view.user_id in (None, str(me.get("user_id"))):
+            continue
+        if status.get("room_id") != room or status.get("role") is None:
+            continue
+        if status.get("connection") != "online" or view.user_id in {m.user_id for m in members}:
+            continue
+        members.append(
+            MemberView(
+                str(view.user_id),
+                str(status["role"]),
+                bool(status.get("mic_on")),
+                bool(status.get("hand_raised")),
+            )
+        )
+    return members
+
+
+def next_pick(members: Sequence[MemberView], picked: str | None, step: int) -> str | None:
+    """The member picked after ``step`` from ``picked`` (the first when none was)."""
+    if not members:
+        return None
+    ids = [m.user_id for m in members]
+    if picked not in ids:
+        return ids[0] if step > 0 else ids[-1]
+    return ids[(ids.index(picked) + step) % len(ids)]
+
+
 # ================================================================ rendering
 
 Segment = tuple[str, Style]
 Line = list[Segment]
 
 
-def render(views: Sequence[DeviceView], selected: int, now: float, width: int) -> list[Line]:
-    """The whole screen as lines of styled segments: devices side by side when the
-    terminal is wide enough, else one under the other; the key legend below."""
-    lines: list[Line] = [
-        [(" GoChat appliances ", "title"), (f"  {len(views)} device(s) over CoAP", "dim")],
-        [],
-    ]
-    blocks = [render_device(v, i, i == selected, now) for i, v in enumerate(views)]
-    per_row = max(1, min(len(blocks), width // COLUMN_WIDTH)) if blocks else 1
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """The console's state that is not per device."""
+
+    selected: int = 0
+    picked: str | None = None
+    help: bool = False
+
+
+def render(
+    views: Sequence[DeviceView], screen: Screen, now: float, width: int, height: int
+) -> list[Line]:
+    """The whole screen as at most ``height`` lines of at most ``width`` - 1 characters:
+    devices side by side as far as they fit, then the members of the selected device's
+    room, what the last key did (wrapped, whole), and the help line at the bottom."""
+    inner = max(20, width - 1)
+    count = f"  {len(views)} device(s) over CoAP"
+    top: list[Line] = [[(" GoChat appliances ", "title"), (count[: max(0, inner - 19)], "dim")]]
+    if screen.help:
+        body: list[Line] = [[(f" {text}"[:inner], "label")] for text in LEGEND]
+        return _fit([*top, [], *body], [], height, inner)
+    message = _message_lines(views, screen, inner)
+    tail = [*_members_lines(views, screen, inner), *([[], *message] if message else [])]
+    devices = _device_rows(views, screen.selected, now, inner)
+    room = height - 1 - len(top) - len(tail)
+    return _fit([*top, *devices[: max(0, room)]], tail, height, inner)
+
+
+def _fit(head: list[Line], tail: list[Line], height: int, inner: int) -> list[Line]:
+    # The help line keeps the bottom row, whatever is above it.
+    lines = [*head, *tail][: max(0, height - 1)]
+    padding: list[Line] = [[] for _ in range(height - 1 - len(lines))]
+    return [*lines, *padding, [(HELP_LINE[:inner], "title")]]
+
+
+def _device_rows(views: Sequence[DeviceView], selected: int, now: float, inner: int) -> list[Line]:
+    if not views:
+        return [[]]
+    per_row = max(1, min(len(views), inner // MIN_COLUMN_WIDTH))
+    column = min(COLUMN_WIDTH, inner // per_row)
+    blocks = [render_device(v, i, i == selected, now, column - 1) for i, v in enumerate(views)]
+    lines: list[Line] = [[]]
     for start in range(0, len(blocks), per_row):
-        lines += _side_by_side(blocks[start : start + per_row])
+        lines += _side_by_side(blocks[start : start + per_row], column)
         lines.append([])
-    lines.append([(" keys ", "title")])
-    for text in LEGEND:
-        lines.append([(f" {text}", "label")])
     return lines
 
 
-def render_device(view: DeviceView, index: int, selected: bool, now: float) -> list[Line]:
-    """One device's block (each line at most :data:`COLUMN_WIDTH` - 2 characters)."""
+def render_device(
+    view: DeviceView, index: int, selected: bool, now: float, width: int = COLUMN_WIDTH - 2
+) -> list[Line]:
+    """One device's block, each line at most ``width`` characters. Everything shown may
+    come from a peer (a name, a room id): escaped, then cut to the column."""
     marker = "▶" if selected else " "
     status = view.status
-    user = printable(str(status["user_id"])) if status else "?"
-    head: Line = [
-        (f"{marker}[{index + 1}] {user} :{view.port}", "selected" if selected else "title")
-    ]
+    prefix, port = f"{marker}[{index + 1}] ", f" :{view.port}"
+    user = _cut(printable(view.user_id or "?"), width - len(prefix) - len(port))
+    head: Line = [(f"{prefix}{user}{port}", "selected" if selected else "title")]
     if status is None:
-        return [head, [(f"  {printable(view.error or 'no answer')}", "warn")]]
-    lines: list[Line] = [head]
-    connection = str(status["connection"])
-    conn_style: Style = "good" if connection == "online" else "warn"
-    lines.append(_field("connection", connection, conn_style))
+        return [head, [(_cut(f"  {printable(view.error or 'no answer')}", width), "warn")]]
+    connection = printable(str(status.get("connection")))
+    role = printable(str(status.get("role") or "no role"))
+    lines: list[Line] = [
+        head,
+        [(_cut(f"  {connection} · {role}", width), "good" if connection == "online" else "warn")],
+        _field("room", _short(status.get("room_id")), width),
+        _field("mic", "on" if status.get("mic_on") else "off", width),
+        _field("hand", "raised" if status.get("hand_raised") else "down", width),
+        _field("invite", _invitation(status.get("invitation")), width),
+        *_leds_lines(status.get("leds"), view.flash_at, now),
+    ]
     if view.error:
-        lines.append([("  ! " + printable(view.error)[: COLUMN_WIDTH - 6], "bad")])
-    lines.append(_field("room", _short(status.get("room_id")), "plain"))
-    lines.append(_field("role", str(status.get("role") or "—"), "plain"))
-    lines.append(_field("mic", "on" if status.get("mic_on") else "off", "plain"))
-    lines.append(_field("hand", "raised" if status.get("hand_raised") else "down", "plain"))
-    lines.append(_field("invitation", _invitation(status.get("invitation")), "plain"))
-    lines.append(_leds_line(status.get("leds") or {}, now))
-    lines.append([(f"  {printable(view.last)[: COLUMN_WIDTH - 4]}", "dim")])
+        lines.append([(_cut("  ! " + printable(view.error), width), "bad")])
     return lines
 
 
-def _field(label: str, value: str, style: Style) -> Line:
-    # Everything shown may come from a peer (a name, a subject): escaped, then cut.
-    return [(f"  {label:<11}", "label"), (printable(value)[: COLUMN_WIDTH - 15], style)]
+def _field(label: str, value: str, width: int) -> Line:
+    return [(f"  {label:<7}", "label"), (_cut(printable(value), width - 9), "plain")]
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in ``width`` columns, a cut shown by an ellipsis (names and ids only:
+    what a key did is never cut, see :func:`_message_lines`)."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def _short(room_id: object) -> str:
@@ -201,14 +400,18 @@ def _invitation(invitation: object) -> str:
     return f"from {invitation.get('from_name') or invitation.get('from_user_id')}"
 
 
-def _leds_line(leds: dict[str, Any], now: float) -> Line:
-    line: Line = [("  ", "plain")]
+def _leds_lines(leds: object, flash_at: float | None, now: float) -> list[Line]:
+    patterns = leds if isinstance(leds, dict) else {}
+    cells: list[Line] = []
     for name in LED_NAMES:
-        pattern = str(leds.get(name, "off"))
-        lit = led_lit(pattern, now)
-        line.append(("●" if lit else "○", _led_style(name) if lit else "dim"))
-        line.append((f" {name}  ", "label"))
-    return line
+        lit = led_lit(str(patterns.get(name, "off")), now)
+        style: Style = _led_style(name)
+        flash = flash_lit(flash_at, now) if name == "status" else None
+        if flash is not None:  # the refusal flash outranks the pattern, as on the box
+            lit, style = flash, "bad"
+        label: Style = "bad" if flash is not None else "label"
+        cells.append([("●" if lit else "○", style if lit else "dim"), (f" {name:<7}", label)])
+    return [[("  ", "plain"), *cells[0], *cells[1]], [("  ", "plain"), *cells[2], *cells[3]]]
 
 
 def _led_style(name: LedName) -> Style:
@@ -221,7 +424,7 @@ def _led_style(name: LedName) -> Style:
     return styles[name]
 
 
-def _side_by_side(blocks: list[list[Line]]) -> list[Line]:
+def _side_by_side(blocks: list[list[Line]], column: int) -> list[Line]:
     height = max(len(b) for b in blocks)
     rows: list[Line] = []
     for i in range(height):
@@ -229,9 +432,42 @@ def _side_by_side(blocks: list[list[Line]]) -> list[Line]:
         for block in blocks:
             line = block[i] if i < len(block) else []
             used = sum(len(text) for text, _ in line)
-            row += [*line, (" " * max(0, COLUMN_WIDTH - used), "plain")]
+            row += [*line, (" " * max(0, column - used), "plain")]
         rows.append(row)
     return rows
+
+
+def _members_lines(views: Sequence[DeviceView], screen: Screen, inner: int) -> list[Line]:
+    members = room_members(views, screen.selected)
+    if not members:
+        return [[(" members  none to pick (no other device shown is in this room)"[:inner], "dim")]]
+    lines: list[Line] = [[(" members  ", "label")]]
+    for member in members:
+        picked = member.user_id == screen.picked
+        text = f"{'▸' if picked else ' '}{_cut(printable(member.user_id), 24)} ({_about(member)}) "
+        if sum(len(t) for t, _ in lines[-1]) + len(text) > inner:
+            lines.append([(" " * 10, "plain")])
+        lines[-1].append((text[: inner - 10], "selected" if picked else "plain"))
+    return lines
+
+
+def _about(member: MemberView) -> str:
+    parts = [member.role]
+    if member.hand_raised:
+        parts.append("hand up")
+    if member.role != "listener":
+        parts.append("mic on" if member.mic_on else "muted")
+    return ", ".join(parts)
+
+
+def _message_lines(views: Sequence[DeviceView], screen: Screen, inner: int) -> list[Line]:
+    """What the last key did on the selected device, whole: wrapped, never cut."""
+    if not 0 <= screen.selected < len(views) or not views[screen.selected].last:
+        return []
+    view = views[screen.selected]
+    text = printable(f"{view.user_id or '?'}:{view.port}: {view.last}")
+    wrapped = textwrap.wrap(text, inner - 1, break_on_hyphens=False) or [""]
+    return [[(f" {part}", "bad" if view.last_bad else "plain")] for part in wrapped]
 
 
 def line_text(line: Line) -> str:
@@ -256,53 +492,113 @@ class Console:
     def __init__(self, host: str, ports: list[int]) -> None:
         self.host = host
         self.views = [DeviceView(port) for port in ports]
-        self.selected = 0
+        self.screen = Screen()
         self.quit = False
         self._client: CoapClient | None = None
         self._presses: set[asyncio.Task[None]] = set()
 
+    @property
+    def selected(self) -> int:
+        """The index of the device the keys act on."""
+        return self.screen.selected
+
     async def run(self, screen: Any) -> None:
+        """Observe every device and draw on ``screen`` (a curses window) until quit."""
         self._client = await CoapClient.create()
         tasks = [asyncio.create_task(self._watch(view)) for view in self.views]
+        tasks += [asyncio.create_task(self._refusals(view)) for view in self.views]
         try:
             while not self.quit:
                 self._keys(screen)
-                _draw(screen, render(self.views, self.selected, time.time(), _width(screen)))
+                height, width = screen.getmaxyx()
+                _draw(screen, render(self.views, self.screen, time.time(), width, height))
                 await asyncio.sleep(FRAME_S)
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._presses]:
                 task.cancel()
             await self._client.close()
 
     def _keys(self, screen: Any) -> None:
         while (key := screen.getch()) != -1:
             action = action_for_key(key)
-            match action:
-                case Quit():
-                    self.quit = True
-                case Select(index) if index < len(self.views):
-                    self.selected = index
-                case Cycle():
-                    self.selected = (self.selected + 1) % len(self.views)
-                case Press(button, kind):
-                    view = self.views[self.selected]
-                    task = asyncio.create_task(self._press(view, button, kind))
-                    self._presses.add(task)  # keep a reference until it is done
-                    task.add_done_callback(self._presses.discard)
-                case _:
-                    pass
+            if action is not None:
+                self.handle(action)
+
+    def handle(self, action: Action) -> None:
+        """Do what a key asks (requests go out on tasks; their outcome is drawn)."""
+        screen = self.screen
+        match action:
+            case Quit():
+                self.quit = True
+            case Help():
+                self.screen = replace(screen, help=not screen.help)
+            case Select(index) if index < len(self.views):
+                self.screen = replace(screen, selected=index)
+            case Cycle():
+                self.screen = replace(screen, selected=(screen.selected + 1) % len(self.views))
+            case Pick(step):
+                self._pick(step)
+            case Press(button, kind):
+                self._spawn(self._press(self.views[screen.selected], button, kind))
+            case Host(name):
+                self._host_action(name)
+            case _:
+                pass
+
+    def _pick(self, step: int) -> None:
+        members = room_members(self.views, self.selected)
+        picked = next_pick(members, self.screen.picked, step)
+        self.screen = replace(self.screen, picked=picked)
+        if picked is None:
+            view = self.views[self.selected]
+            view.last, view.last_bad = "no member to pick: no other device shown is here", True
+
+    def _host_action(self, action: HostActionName) -> None:
+        view = self.views[self.selected]
+        members = {m.user_id for m in room_members(self.views, self.selected)}
+        if self.screen.picked is None or self.screen.picked not in members:
+            view.last, view.last_bad = f"{action}: pick a member first (p)", True
+            return
+        self._spawn(self._host(view, action, self.screen.picked))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._presses.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._presses.discard)
 
     async def _press(self, view: DeviceView, button: ButtonName, kind: PressKind) -> None:
-        view.last = f"{button} {kind}: …"
+        what = f"{button} {kind}"
+        view.last, view.last_bad = f"{what}: …", False
         try:
             reply = await self._request(view.port, "POST", f"/buttons/{button}", {"press": kind})
         except Exception as exc:
-            view.last = f"{button} {kind}: {exc or type(exc).__name__}"
+            view.last, view.last_bad = f"{what}: no answer ({type(exc).__name__})", True
             return
         body = reply.body if isinstance(reply.body, dict) else {}
-        outcome = body.get("outcome") or body.get("message") or "?"
-        reason = f" ({body['reason']})" if body.get("reason") else ""
-        view.last = f"{button} {kind}: {outcome}{reason}"
+        if not reply.ok:
+            view.last, view.last_bad = f"{what}: {reply.code} {body.get('message', '')}", True
+            return
+        outcome = str(body.get("outcome", "?"))
+        reason = f": {body['reason']}" if body.get("reason") else ""
+        view.last, view.last_bad = f"{what}: {outcome}{reason}", outcome == "refused"
+        if outcome == "refused":  # the box flashed its status LED: so does the screen
+            note_own_refusal(view, time.time())
+
+    async def _host(self, view: DeviceView, action: HostActionName, user_id: str) -> None:
+        what = f"{action} {user_id}"
+        view.last, view.last_bad = f"{what}: …", False
+        try:
+            reply = await self._request(
+                view.port, "POST", f"/host/{action}", {"user_id": user_id}, HOST_TIMEOUT_S
+            )
+        except Exception as exc:
+            view.last, view.last_bad = f"{what}: no answer ({type(exc).__name__})", True
+            return
+        body = reply.body if isinstance(reply.body, dict) else {}
+        if reply.ok:
+            view.last, view.last_bad = f"{what}: done", False
+        else:
+            view.last, view.last_bad = f"{what}: {reply.code} {body.get('message', '')}", True
 
     async def _watch(self, view: DeviceView) -> None:
         """Observe ``/status`` for ever, starting over when the device goes away."""
@@ -327,6 +623,17 @@ class Console:
             poll.cancel()
             observation.cancel()
 
+    async def _refusals(self, view: DeviceView) -> None:
+        """Read ``/counters`` often enough to show every refusal flash of the box."""
+        while True:
+            with contextlib.suppress(Exception):  # a device away: _watch says so
+                reply = await self._request(view.port, "GET", "/counters")
+                if reply.ok and isinstance(reply.body, dict):
+                    count = reply.body.get("presses_refused", 0)
+                    if isinstance(count, int):
+                        note_refusals(view, count, time.time())
+            await asyncio.sleep(REFUSALS_S)
+
     async def _poll(self, view: DeviceView) -> None:
         while True:
             await asyncio.sleep(POLL_S)
@@ -335,11 +642,16 @@ class Console:
             except Exception:
                 view.error = "no answer"
 
-    async def _request(self, port: int, method: str, path: str, body: Any = None) -> Reply:
+    async def _request(
+        self,
+        port: int,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> Reply:
         assert self._client is not None
-        return await self._client.request(
-            self.host, port, method, path, body, timeout_s=REQUEST_TIMEOUT_S
-        )
+        return await self._client.request(self.host, port, method, path, body, timeout_s=timeout_s)
 
     @staticmethod
     def _seen(view: DeviceView, reply: Reply) -> None:
@@ -351,16 +663,12 @@ class Console:
             view.error = "unreadable status"
 
 
-def _width(screen: Any) -> int:
-    return int(screen.getmaxyx()[1])
-
-
 def _draw(screen: Any, lines: list[Line]) -> None:
     import curses  # noqa: PLC0415
 
     height, width = screen.getmaxyx()
     screen.erase()
-    for y, line in enumerate(lines[: height - 1]):
+    for y, line in enumerate(lines[:height]):
         x = 0
         for text, style in line:
             if x >= width - 1:
@@ -458,16 +766,24 @@ def run_console(host: str, ports_text: str) -> int:
 
 
 __all__ = [
+    "HELP_LINE",
     "KEYS",
     "LEGEND",
     "Console",
     "DeviceView",
+    "MemberView",
+    "Screen",
     "action_for_key",
+    "flash_lit",
     "led_lit",
     "line_text",
+    "next_pick",
+    "note_own_refusal",
+    "note_refusals",
     "parse_ports",
     "render",
     "render_device",
+    "room_members",
     "run_console",
     "status_command",
 ]
