@@ -240,3 +240,48 @@ def test_add_server_refuses_an_unknown_group(
     argv = ["--passwd-file", str(tmp_path / "passwd"), "--secret-dir", str(tmp_path / "s")]
     assert admin.main(["add-server", "--group", "no-such-group-x", *argv]) == 1
     assert "no such group: no-such-group-x" in capsys.readouterr().err
+
+
+def test_password_mode_steps_work_and_a_foreign_venv_is_remade(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    # A venv left by a user's own Python (here: this test's), as the gochat user could
+    # not run it: the installer makes it again from /usr/bin/python3.
+    venv = root / "opt/gochat/venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    printed = install(root, "--device", DEVICE, "--password", "--server")
+    assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()
+    appliance_toml = root / "etc/gochat/appliance.toml"
+    check = [str(root / "usr/local/bin/gochat-appliance"), "check-config", str(appliance_toml)]
+    before = subprocess.run(check, env=clean_env(), capture_output=True, text=True, check=False)
+    # No empty password file is made: until the account exists the check says why.
+    assert before.returncode == 78 and "broker.password_file (in " in before.stderr
+    steps = [s for s in STEP_RE.findall(printed) if not START_RE.match(s)]
+    assert any(" add-device pi-test --group " in s for s in steps), printed
+    for step in steps:  # the check-config steps among them now pass
+        run_step(step, tmp_path)
+
+
+def test_a_device_only_install_checks_once_the_certificate_is_in_place(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    printed = install(root, "--device", DEVICE, "--broker", "127.0.0.1")
+    tls = root / "etc/gochat/tls"
+    assert (tls / "device.key").is_file() and (tls / "device.csr").is_file()
+    assert not (root / "etc/mosquitto").exists() and not (root / "etc/gochat/server.toml").exists()
+    # What the prose asks of the CA's machine, done with the installed admin tool.
+    ca_dir, bin_dir = tmp_path / "ca", root / "usr/local/bin"
+    for argv in (
+        ["ca-init", "--ca", str(ca_dir), "--broker-dir", ""],
+        [
+            "sign-device",
+            str(tls / "device.csr"),
+            "--ca",
+            str(ca_dir),
+            "--out",
+            str(tls / "device.crt"),
+        ],
+    ):
+        subprocess.run([bin_dir / "gochat-admin", *argv], env=clean_env(), check=True)
+    (tls / "ca.crt").write_bytes((ca_dir / "ca.crt").read_bytes())
+    steps = [s for s in STEP_RE.findall(printed) if not START_RE.match(s)]
+    assert steps == [f"{bin_dir}/gochat-appliance check-config {root}/etc/gochat/appliance.toml"]
+    run_step(steps[0], tmp_path)
