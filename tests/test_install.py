@@ -209,12 +209,26 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
         assert (status["room_id"], DEVICE) in rooms.fetchall()
 
 
-def test_the_installer_refuses_a_bad_device_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--device", "a b"], "--device"),
+        (["--port", "88x3"], "--port"),
+        (["--broker", "a/b"], "--broker"),
+        (["--root", "/tmp/a b"], "--root"),
+        (["--deps-from", "/no/such/dir"], "--deps-from"),
+    ],
+)
+def test_the_installer_refuses_bad_arguments_before_doing_anything(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    root = args[1] if args[0] == "--root" else str(tmp_path)
+    rest = args if args[0] != "--root" else []
     done = subprocess.run(
-        ["bash", str(INSTALLER), "--root", str(tmp_path), "--device", "a b"],
+        ["bash", str(INSTALLER), "--root", root, *rest],
         env=clean_env(), capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
-    assert done.returncode == 1 and "--device" in done.stderr
+    assert done.returncode == 1 and named in done.stderr, done.stderr
     assert not (tmp_path / "opt").exists()
 
 
