@@ -123,6 +123,7 @@ def add_user(
     name: str,
     *,
     broker_group: str | None = BROKER_GROUP,
+    reader_group: str | None = None,
 ) -> Path:
     """Create or replace the broker account ``name``; return its secret file.
 
@@ -131,16 +132,23 @@ def add_user(
     and written to ``<secret_dir>/<name>.password`` (mode 0600, directory 0700 if
     created). Both files are replaced atomically, so a broker reloading meanwhile
     sees the old or the new file, never half of one. ``broker_group``: see the
-    module doc; None never changes ownership.
+    module doc; None never changes ownership. ``reader_group``: the service that
+    reads the secret runs in this group (the server as ``gochat``), so the secret is
+    made group-readable (0640) and its directory enterable (0750) by that group only.
     """
     check_name(name)
     password = secrets.token_urlsafe(PASSWORD_BYTES)
     passwd_path = Path(passwd_path)
     target = secret_path(secret_dir, name)
+    reader_gid = _group_id(reader_group) if reader_group else None
     # Secret first: if writing the hash then fails, the account is simply unchanged
     # and the next attempt overwrites the orphan secret.
-    _ensure_dir(target.parent, 0o700)
-    _atomic_write(target, (password + "\n").encode("utf-8"), 0o600)
+    if reader_gid is None:
+        _ensure_dir(target.parent, 0o700)
+        _atomic_write(target, (password + "\n").encode("utf-8"), 0o600)
+    else:
+        _share_dir(target.parent, reader_gid)
+        _atomic_write(target, (password + "\n").encode("utf-8"), 0o640, reader_gid)
     line = f"{name}:{hash_password(password)}"
     gid = _broker_gid(broker_group)
     with _locked(passwd_path, gid):
@@ -217,13 +225,30 @@ def _broker_gid(group: str | None) -> int | None:
         return None
 
 
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise AdminError(f"no such group: {name}") from None
+
+
+def _share_dir(path: Path, gid: int) -> None:
+    """``path`` exists, is group ``gid`` and 0750: that group may enter, nobody else."""
+    _ensure_dir(path, 0o750, gid)
+    try:
+        os.chown(path, -1, gid)
+        path.chmod(0o750)
+    except OSError as exc:
+        raise AdminError(f"cannot give {path} to group {gid}: {exc}") from None
+
+
 def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
     if path.is_dir():
         return
     try:
         path.mkdir(mode=mode, parents=True)
         if gid is not None:
-            os.chown(path, 0, gid)
+            os.chown(path, -1, gid)
     except OSError as exc:
         raise AdminError(f"cannot create {path}: {exc}") from None
 
@@ -239,7 +264,7 @@ def _atomic_write(path: Path, data: bytes, mode: int, gid: int | None = None) ->
         # before any data lands, so the secret is never readable by anyone else.
         os.fchmod(fd, mode)
         if gid is not None:
-            os.fchown(fd, 0, gid)
+            os.fchown(fd, -1, gid)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -318,12 +343,22 @@ def _parser() -> argparse.ArgumentParser:
             help=f"where NAME.password files go (default {DEFAULT_SECRET_DIR})",
         )
 
+    def reader(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--group",
+            metavar="GROUP",
+            help="the service reading the password runs in GROUP (e.g. gochat): the file"
+            " is made 0640 and its folder 0750, that group's (default: 0600, 0700)",
+        )
+
     # Subparsers are built with the parser's own class, so they are one-line too.
     add_device = sub.add_parser("add-device", help="create or re-key a device account")
     add_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(add_device)
+    reader(add_device)
     add_server = sub.add_parser("add-server", help=f"create or re-key the {SERVER_USER_ID} account")
     files(add_server)
+    reader(add_server)
     remove_device = sub.add_parser("remove-device", help="delete a device account")
     remove_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(remove_device)
@@ -519,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret_dir: Path = args.secret_dir
     try:
         if args.command == "add-server":
-            secret = add_user(passwd, secret_dir, SERVER_USER_ID)
+            secret = add_user(passwd, secret_dir, SERVER_USER_ID, reader_group=args.group)
         else:
             name: str = args.name
             check_name(name)
@@ -532,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 remove_user(passwd, secret_dir, name)
                 print(f"removed {name} from {passwd}")
                 return 0
-            secret = add_user(passwd, secret_dir, name)
+            secret = add_user(passwd, secret_dir, name, reader_group=args.group)
     except AdminError as exc:
         print(f"gochat-admin: {exc}", file=sys.stderr)
         return EX_USAGE if isinstance(exc, InvalidNameError) else EX_FAILURE

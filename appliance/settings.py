@@ -1,13 +1,18 @@
 """Settings shared by the server and the appliance: TOML file + environment.
 
 Every key can be overridden by ``GOCHAT_<SECTION>__<KEY>``. An invalid configuration
-raises :class:`ConfigError` with one line naming the key and the reason; the entry
-points turn it into exit status 78 (EX_CONFIG) so systemd does not restart-loop.
+raises :class:`ConfigError` with one line naming the key, where its value came from
+(the file, or the environment variable) and the reason; the entry points turn it into
+exit status 78 (EX_CONFIG) so systemd does not restart-loop. A value written in the
+file must have the type the key has (``port = "1883"`` is an error, not a port):
+environment variables are text, and only they are converted.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import ssl
 import tomllib
 from pathlib import Path
@@ -18,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -69,7 +75,17 @@ class BrokerSettings(Section):
     @classmethod
     def _file_exists(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
-            raise ValueError(f"no such file: {path}")
+            what = "a folder, not a file" if path.is_dir() else "no such file"
+            raise ValueError(f"{what}: {path}")
+        return path
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_readable(cls, path: Path | None) -> Path | None:
+        # Read now: an empty or unreadable file would otherwise surface only as the
+        # broker's "Not authorized", over and over.
+        if path is not None and not _read_password(path):
+            raise ValueError(f"{path} is empty: its first line must be the password")
         return path
 
     @model_validator(mode="before")
@@ -117,8 +133,17 @@ class BrokerSettings(Section):
         """The password, read from ``password_file`` (first line, stripped)."""
         if self.password_file is None:
             return None
-        lines = self.password_file.read_text(encoding="utf-8").splitlines()
-        return SecretStr(lines[0].strip() if lines else "")
+        return SecretStr(_read_password(self.password_file))
+
+
+def _read_password(path: Path) -> str:
+    """The first line of ``path``, stripped; ValueError if it cannot be read."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    return lines[0].strip() if lines else ""
 
 
 def _is_loopback(host: str) -> bool:
@@ -156,35 +181,108 @@ class FileSettings(BaseSettings):
     def load(cls, path: Path | str | None) -> Self:
         """Read ``path`` (may be None: defaults and environment only).
 
-        Raises :class:`ConfigError` with one line naming the key and the reason.
+        Raises :class:`ConfigError` with one line naming the key, where its value
+        came from and the reason.
         """
         toml_path = Path(path) if path is not None else None
+        data: dict[str, Any] = {}
         if toml_path is not None:
-            _check_toml(toml_path)
+            data = _read_toml(toml_path)
+            _check_toml_types(cls, data, (), toml_path)
         cls._toml_path = toml_path
         try:
             return cls()
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc)) from None
+            raise ConfigError(_one_line(exc, toml_path, data)) from None
         finally:
             cls._toml_path = None
 
 
-def _check_toml(path: Path) -> None:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: a folder, not a file") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
 
 
-def _one_line(exc: ValidationError) -> str:
+def _check_toml_types(
+    model: type[BaseModel], data: dict[str, Any], loc: tuple[str, ...], path: Path
+) -> None:
+    """Refuse a value of the wrong TOML type (pydantic strict mode: ``"1883"`` is
+    a string, not a port). Range and format checks follow in the full validation,
+    under the environment's overrides; unknown keys are reported there too."""
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None or field.annotation is None:
+            continue
+        annotation = field.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if is_section and isinstance(value, dict):
+            _check_toml_types(annotation, value, (*loc, key), path)  # type: ignore[arg-type]
+            continue
+        try:
+            # JSON keeps TOML's types (a string stays a string) and lets a path be text.
+            _adapter(annotation).validate_json(json.dumps(value, default=str), strict=True)
+        except ValidationError as exc:
+            msg = str(exc.errors(include_url=False)[0]["msg"])
+            got = f"{_toml_kind(value)} {json.dumps(value, default=str)}"
+            name = ".".join((*loc, key))
+            raise ConfigError(f"invalid config: {name} (in {path}): {msg}, not {got}") from None
+
+
+_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
+
+
+def _adapter(annotation: object) -> TypeAdapter[Any]:
+    if annotation not in _ADAPTERS:
+        _ADAPTERS[annotation] = TypeAdapter(annotation)  # type: ignore[arg-type]
+    return _ADAPTERS[annotation]
+
+
+def _toml_kind(value: object) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    for kind, name in kinds.items():
+        if isinstance(value, kind):
+            return name
+    return (
+        "a table"
+        if isinstance(value, dict)
+        else "an array"
+        if isinstance(value, list)
+        else "a value"
+    )
+
+
+def _one_line(exc: ValidationError, toml_path: Path | None, data: dict[str, Any]) -> str:
     err: dict[str, Any] = dict(exc.errors(include_url=False)[0])
-    key = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "config"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
-    env = "GOCHAT_" + "__".join(str(p).upper() for p in err["loc"])
-    return f"invalid config: {key} (env {env}): {msg}"
+    return f"invalid config: {key} ({_source(loc, toml_path, data)}): {msg}"
+
+
+def _source(loc: tuple[str, ...], toml_path: Path | None, data: dict[str, Any]) -> str:
+    """Where the value at ``loc`` came from: an environment variable (they override
+    the file), the file, or neither (a default, or missing)."""
+    names = ["GOCHAT_" + "__".join(loc[: i + 1]).upper() for i in range(len(loc))]
+    set_names = {name.upper() for name in os.environ}
+    for name in reversed(names):  # the key's own variable, then its section's
+        if name in set_names:
+            return f"env {name}"
+    node: Any = data
+    for part in loc:
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is not None and toml_path is not None:
+        return f"in {toml_path}"
+    if not names:
+        return "config"
+    if toml_path is None:
+        return f"no config file, and env {names[-1]} is not set"
+    return f"not in {toml_path} nor env {names[-1]}"

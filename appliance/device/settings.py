@@ -23,7 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from appliance import pki
 from appliance.audio.config import AudioConfig
 from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
-from appliance.settings import BrokerSettings, ConfigError, FileSettings, Section
+from appliance.settings import BrokerSettings, FileSettings, Section
 
 DEFAULT_CONFIG_PATH = Path("/etc/gochat/appliance.toml")
 NAME_MAX = 32
@@ -206,23 +206,6 @@ class ApplianceSettings(FileSettings):
                 ("gpio", "long_press_ms"), self.gpio.long_press_ms, "must exceed gpio.debounce_ms"
             )
         return self
-
-    @classmethod
-    def load(cls, path: Path | str | None) -> Self:
-        """Read and validate ``path`` under the environment (see :meth:`FileSettings.load`),
-        and make sure the password file can be read (the daemon runs as its own user)."""
-        settings = super().load(path)
-        password_file = settings.broker.password_file
-        if password_file is not None:
-            try:
-                settings.broker.password()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise ConfigError(
-                    "invalid config: broker.password_file (env GOCHAT_BROKER__PASSWORD_FILE):"
-                    f" cannot read {password_file}: {reason}"
-                ) from None
-        return settings
 
     @property
     def username(self) -> str:

@@ -1,4 +1,8 @@
-"""``gochat-server --config FILE``: load, connect, serve until SIGTERM/SIGINT."""
+"""``gochat-server --config FILE``: load, connect, serve until SIGTERM/SIGINT.
+
+``gochat-server check-config FILE`` validates a configuration: prints ``ok``, or the
+one-line error and exits 78, as the server would at start.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,10 @@ log = logging.getLogger("gochat.server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the business server; returns the process exit status."""
+    """Run the business server (or ``check-config FILE``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check-config"]:
+        return _check_config(argv[1:])
     parser = argparse.ArgumentParser(prog="gochat-server", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML config (env GOCHAT_* overrides)")
     args = parser.parse_args(argv)
@@ -38,6 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gochat-server: {exc}", file=sys.stderr)
         return EX_CONFIG
     asyncio.run(serve(settings, store))
+    return 0
+
+
+def _check_config(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gochat-server check-config", description="validate a server configuration"
+    )
+    parser.add_argument("config", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        ServerSettings.load(args.config)
+    except ConfigError as exc:
+        print(f"gochat-server: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    print("ok")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 ``systemd-analyze verify`` must print nothing at all (a warning is a failure), and the
 units' exposure (``systemd-analyze security --offline``) must stay as low as GPIO and
-ALSA access allow. The install script changes the system, so it is only parsed and
-linted here, never run.
+ALSA access allow. The scripts are parsed and linted here; tests/test_install.py runs
+the install script into a temporary root.
 """
 
 from __future__ import annotations

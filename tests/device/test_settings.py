@@ -127,7 +127,7 @@ def test_every_documented_environment_override_works(
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({}, "device.user_id (env GOCHAT_DEVICE__USER_ID): Field required"),
+        ({}, "device.user_id (no config file, and env GOCHAT_DEVICE__USER_ID is not set)"),
         ({"DEVICE__USER_ID": "pi a"}, "device.user_id"),
         ({"DEVICE__USER_ID": "gochat-server"}, "device.user_id"),
         ({"DEVICE__NAME": "x" * 33}, "device.name"),
