@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import SettingsConfigDict
 
 from appliance import pki
 from appliance.audio.config import AudioConfig
@@ -275,3 +276,12 @@ __all__ = [
     "GpioSettings",
     "RoomSettings",
 ]
+
+
+class AudioOnlySettings(FileSettings):
+    """Only the ``[audio]`` section of an appliance config (with ``GOCHAT_AUDIO__*``):
+    what ``test-audio`` and ``audio-devices`` read. The other sections, credentials
+    among them, are neither read nor checked: a sound check needs no broker account."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+    audio: AudioSettings = Field(default_factory=AudioSettings)
