@@ -223,6 +223,7 @@ def pyaudio_for(audio: AudioSettings, *, mock_hw: bool) -> PyAudioModule | None:
             audio.mock_unplug_file,
             echo_spec=audio.mock_echo,
             noise_spec=audio.mock_noise,
+            output_keep_s=audio.mock_output_keep_s,
         )
         return card
     from appliance.audio.devices import load_pyaudio

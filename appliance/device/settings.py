@@ -111,6 +111,9 @@ class AudioSettings(AudioConfig):
     file (played once) or ``loop:FILE.wav``."""
     mock_output: Path | None = None
     """With ``--mock-hw``: a WAV file recording what the speaker plays (None: discard)."""
+    mock_output_keep_s: float | None = Field(default=None, gt=0)
+    """With ``--mock-hw`` and ``mock_output``: bound the recording, keeping at least the
+    last this many seconds in ``NAME.wav`` and ``NAME.1.wav`` (None: keep everything)."""
     mock_unplug_file: Path | None = None
     """With ``--mock-hw``: while this file exists the sound card is unplugged."""
     mock_echo: str = "off"
