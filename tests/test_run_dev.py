@@ -177,3 +177,21 @@ def test_a_second_run_refuses_at_once_and_another_port_runs_beside_it(
     relaunched = Demo(base, port)
     demos.append(relaunched)
     relaunched.wait_ready()  # the lock went with its holder
+
+
+def test_a_port_held_by_another_program_is_named_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    port = free_block()
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stray,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as coap,
+    ):
+        stray.bind(("127.0.0.1", port + 1))
+        stray.listen()
+        coap.bind(("127.0.0.1", port + 4))
+        demo = Demo(tmp_path, port)
+        assert demo.proc.wait(30) == 1
+    said = demo.output().strip()
+    assert said.startswith(f"run-dev: port in use: tcp {port + 1}, udp {port + 4} "), said
+    assert not (demo.state / "broker").exists()  # nothing was made, nothing started
