@@ -26,7 +26,8 @@ Choices (documented because tests rely on them):
 For ``--mock-hw``, :func:`mock_pyaudio_from_env` builds the whole thing from
 ``GOCHAT_AUDIO__MOCK_INPUT`` (``silence``, ``tone:440[:amplitude]``, ``<file.wav>`` or
 ``loop:<file.wav>``), ``GOCHAT_AUDIO__MOCK_OUTPUT`` (a WAV path; unset: played audio is
-discarded), ``GOCHAT_AUDIO__MOCK_UNPLUG_FILE`` (a path: while it exists the device is
+discarded; ``GOCHAT_AUDIO__MOCK_OUTPUT_KEEP_S`` bounds it, :class:`WavRecorder`),
+``GOCHAT_AUDIO__MOCK_UNPLUG_FILE`` (a path: while it exists the device is
 unplugged; if it contains ``input`` or ``output`` only that side is) and the stand-in
 room, ``GOCHAT_AUDIO__MOCK_ECHO`` and ``GOCHAT_AUDIO__MOCK_NOISE`` (:mod:`.room`; both
 ``off`` by default).
@@ -96,6 +97,7 @@ paCanNotWriteToAnInputOnlyStream: Final = -9974  # noqa: N816
 
 ENV_INPUT: Final = "GOCHAT_AUDIO__MOCK_INPUT"
 ENV_OUTPUT: Final = "GOCHAT_AUDIO__MOCK_OUTPUT"
+ENV_OUTPUT_KEEP: Final = "GOCHAT_AUDIO__MOCK_OUTPUT_KEEP_S"
 ENV_UNPLUG_FILE: Final = "GOCHAT_AUDIO__MOCK_UNPLUG_FILE"
 ENV_ECHO: Final = "GOCHAT_AUDIO__MOCK_ECHO"
 ENV_NOISE: Final = "GOCHAT_AUDIO__MOCK_NOISE"
@@ -218,22 +220,51 @@ def source_from_spec(spec: str) -> InputSource:
 
 
 class WavRecorder:
-    """Appends 16-bit mono PCM to a WAV file, keeping the header valid after each write."""
+    """Appends 16-bit mono PCM to a WAV file, keeping the header valid after each write.
 
-    def __init__(self, path: Path | str, rate: int = 48_000) -> None:
+    With ``keep_s``, the recording is a ring of two files, so that a long run's disk use
+    is bounded: once ``path`` holds ``keep_s`` seconds, it is renamed to
+    :meth:`previous_path` (``NAME.1.wav``, replacing the one before) and ``path``
+    starts again. Together they always hold at least the last ``keep_s`` seconds
+    (once that much was played) and at most twice that.
+    """
+
+    def __init__(self, path: Path | str, rate: int = 48_000, keep_s: float | None = None) -> None:
         self.path = Path(path)
         self.rate = rate
         self.frames = 0
+        """Frames in the current file (``path``)."""
+        self.keep_frames = round(keep_s * rate) if keep_s is not None else None
         self._lock = threading.Lock()
-        self._file: BinaryIO | None = self.path.open("wb")
-        self._file.write(_wav_header(rate, 0))
-        self._file.flush()
+        if self.keep_frames is not None:
+            self.previous_path.unlink(missing_ok=True)  # an earlier run's: not this one's
+        self._file: BinaryIO | None = self._start()
+
+    @property
+    def previous_path(self) -> Path:
+        """Where the previous part of a ring recording is: ``NAME.1.wav``."""
+        return self.path.with_name(f"{self.path.stem}.1{self.path.suffix}")
+
+    def _start(self) -> BinaryIO:
+        file = self.path.open("wb")
+        file.write(_wav_header(self.rate, 0))
+        file.flush()
+        return file
+
+    def _rotate(self, file: BinaryIO) -> BinaryIO:
+        # A rename, never a copy: this runs on the sound card's callback thread.
+        file.close()
+        os.replace(self.path, self.previous_path)
+        self.frames = 0
+        return self._start()
 
     def write(self, pcm: bytes) -> None:
         """Append samples (int16 little-endian bytes) and bring the header up to date."""
         with self._lock:
             if self._file is None:
                 return
+            if self.keep_frames is not None and self.frames >= self.keep_frames:
+                self._file = self._rotate(self._file)
             self._file.seek(0, os.SEEK_END)
             self._file.write(pcm)
             self.frames += len(pcm) // _SAMPLE_BYTES
@@ -348,8 +379,11 @@ class MockHardware:
         *,
         echo: EchoPath | None = None,
         noise: NoiseSource | None = None,
+        output_keep_s: float | None = None,
     ) -> None:
         self.source: InputSource = source or SilenceSource()
+        self.output_keep_s = output_keep_s
+        """Record the speaker as a ring of at least this many seconds (:class:`WavRecorder`)."""
         self.trace = trace
         self.echo = echo
         self.noise = noise
@@ -413,7 +447,7 @@ class MockHardware:
             return
         with self._lock:
             if self.recorder is None:
-                self.recorder = WavRecorder(self.output_path, rate)
+                self.recorder = WavRecorder(self.output_path, rate, self.output_keep_s)
         self.recorder.write(pcm)
 
     def close(self) -> None:
@@ -807,12 +841,14 @@ def mock_pyaudio(
     *,
     echo_spec: str = "off",
     noise_spec: str = "off",
+    output_keep_s: float | None = None,
 ) -> MockPyAudioModule:
     """A fake ``pyaudio`` module whose mic hears ``input_spec`` and records to ``output``.
 
     ``trace``: record every callback block; by default only if ``HW_MOCKS_AUDIO_TRACE``
     names a file (see :class:`CallbackTrace`). ``echo_spec`` and ``noise_spec``: the
     stand-in room (:mod:`.room`; ``off`` by default: the mic hears the source alone).
+    ``output_keep_s``: bound the recording to a ring of two files (:class:`WavRecorder`).
     """
     echo = parse_echo_spec(echo_spec)
     noise = parse_noise_spec(noise_spec)
@@ -823,6 +859,7 @@ def mock_pyaudio(
         trace or trace_from_env(),
         echo=EchoPath(echo) if echo is not None else None,
         noise=NoiseSource(noise) if noise is not None else None,
+        output_keep_s=output_keep_s,
     )
     return MockPyAudioModule(hardware)
 
@@ -838,4 +875,5 @@ def mock_pyaudio_from_env(environ: Mapping[str, str] | None = None) -> MockPyAud
         trace_from_env(env),
         echo_spec=env.get(ENV_ECHO, "off"),
         noise_spec=env.get(ENV_NOISE, "off"),
+        output_keep_s=float(env[ENV_OUTPUT_KEEP]) if env.get(ENV_OUTPUT_KEEP) else None,
     )

@@ -240,6 +240,7 @@ class InProcessDaemon:
             self.settings.audio.mock_unplug_file,
             echo_spec=self.settings.audio.mock_echo,
             noise_spec=self.settings.audio.mock_noise,
+            output_keep_s=self.settings.audio.mock_output_keep_s,
         )
         hardware = Hardware(pin_factory=gpio.mock_factory(), pyaudio=card)
         self.daemon = Daemon(self.settings, hardware=hardware, install_signals=False)

@@ -251,12 +251,59 @@ def _no_query(request: aiocoap.Message) -> None:
         raise ApiRequestError("query: this resource takes no query parameters")
 
 
-class StatusResource(resource.ObservableResource):  # type: ignore[misc]
-    """``/status``: GET and Observe."""
+class ObserverGoneError(Exception):
+    """The observer of a ``/status`` observation went away while it was notified."""
 
-    def __init__(self, api: DeviceApi) -> None:
+
+class _GuardedPipe:
+    """A response pipe that tells a departed observer from a failure.
+
+    When a notification goes to a client that has quit (a console closed), the send
+    can fail at once (ICMP port unreachable), which ends the pipe *inside*
+    ``add_response``; aiocoap (0.4.x) then raises ``TypeError: 'bool' object is not
+    iterable`` from the ended pipe. Any error once the peer's interest ended, or a
+    response after it, is :class:`ObserverGoneError` instead: nobody is listening.
+    """
+
+    def __init__(self, pipe: Any, counters: Counter[str]) -> None:
+        self._pipe = pipe
+        self._counters = counters
+        self.request = pipe.request
+        self.gone = False
+        pipe.on_interest_end(self._ended)
+
+    def _ended(self) -> None:
+        self.gone = True
+        self._counters["observers_gone"] += 1
+
+    def add_response(self, response: aiocoap.Message, is_last: bool = False) -> None:
+        if self.gone:
+            raise ObserverGoneError()
+        try:
+            self._pipe.add_response(response, is_last=is_last)
+        except Exception:
+            if not self.gone:
+                raise
+            raise ObserverGoneError() from None
+
+
+class StatusResource(resource.ObservableResource):  # type: ignore[misc]
+    """``/status``: GET and Observe; an observer that leaves is counted
+    (``observers_gone``), never a 5.00."""
+
+    def __init__(self, api: DeviceApi, counters: Counter[str]) -> None:
         super().__init__()
         self.api = api
+        self.counters = counters
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        if pipe.request.opt.observe != 0:  # a plain GET (or a deregistration)
+            await super().render_to_pipe(pipe)
+            return
+        try:
+            await super().render_to_pipe(_GuardedPipe(pipe, self.counters))
+        except ObserverGoneError:
+            log.debug("CoAP /status: an observer went away while notified")
 
     async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
         return json_message(CoapCode.CONTENT, self.api.status())
@@ -383,7 +430,7 @@ class CoapApi:
         self.bind = bind
         self.port = port
         self.counters: Counter[str] = Counter()
-        self._status = StatusResource(api)
+        self._status = StatusResource(api, self.counters)
         self.site = ApiSite(self.counters)
         self.site.add_resource(["status"], self._status)
         self.site.add_resource(["buttons"], ButtonResource(api, self.counters))
@@ -407,6 +454,8 @@ class CoapApi:
             )
         except OSError as exc:
             raise CoapBindError(f"coap: cannot bind {self.bind}:{self.port}: {exc}") from None
+        for interface in _udp_interfaces(self._context):
+            _keep_stale_refusals_local(interface, self.counters)
         log.info("CoAP API on udp %s:%d", self.bind, self.port)
 
     def status_changed(self) -> None:
@@ -418,6 +467,49 @@ class CoapApi:
         if self._context is not None:
             context, self._context = self._context, None
             await context.shutdown()
+
+
+def _udp_interfaces(context: aiocoap.Context) -> list[Any]:
+    """aiocoap's UDP message interfaces of ``context`` (one per bound socket)."""
+    found = []
+    for tokens in context.request_interfaces:
+        messages = getattr(tokens, "token_interface", None)
+        interface = getattr(messages, "message_interface", None)
+        if interface is not None and hasattr(interface, "error_received"):
+            found.append(interface)
+    return found
+
+
+def _keep_stale_refusals_local(interface: Any, counters: Counter[str]) -> None:
+    """Stop a peer that went away from taking another peer's observation with it.
+
+    A UDP socket keeps the ICMP "port unreachable" of a datagram to a departed
+    peer (a console that quit) as a pending error, which the *next* ``sendmsg``
+    returns, whoever it is addressed to. aiocoap (0.4.x) blames that next peer and
+    ends its exchanges: an observer still listening loses its observation and that
+    notification. The refusal also arrives on the error queue, naming the right
+    peer, so here a refusal on send is counted (``stale_refusals``) and the datagram
+    sent again.
+    """
+    send, error_received = interface.send, interface.error_received
+    refused: list[OSError] = []
+
+    def on_error(exc: OSError) -> None:
+        if isinstance(exc, ConnectionRefusedError) and interface._remote_being_sent_to.get():
+            refused.append(exc)  # while sending: stale, not about this datagram
+            return
+        error_received(exc)
+
+    def send_once_more_if_stale(message: aiocoap.Message) -> None:
+        send(message)
+        if refused:
+            refused.clear()
+            counters["stale_refusals"] += 1
+            send(message)
+            refused.clear()  # a second one in a row: the errqueue still reports it
+
+    interface.error_received = on_error
+    interface.send = send_once_more_if_stale
 
 
 def _probe_free(bind: str, port: int) -> None:

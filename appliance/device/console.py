@@ -44,6 +44,8 @@ REFUSALS_S = 0.3
 the box, a sent press the server refused): within a flash's length (0.6 s)."""
 HOST_TIMEOUT_S = 20.0
 """A host action answers once the server did; the device gives up after 15 s."""
+STATUS_TIMEOUT_S = 2.0
+"""How long ``status`` (without ``--wait-in-room``) waits for an answer."""
 COLUMN_WIDTH = 40
 """Widest a device's column gets."""
 MIN_COLUMN_WIDTH = 26
@@ -476,11 +478,15 @@ def line_text(line: Line) -> str:
 
 
 def parse_ports(text: str) -> list[int]:
-    """``"5683,5684"`` -> ``[5683, 5684]``; ValueError on anything else."""
-    ports = [int(p) for p in text.split(",") if p.strip()]
-    if not ports or any(not 0 < p < 65536 for p in ports):
-        raise ValueError(f"ports must be a comma-separated list of 1-65535, not {text!r}")
-    return ports
+    """``"5683,5684"`` -> ``[5683, 5684]``; ValueError naming the bad item otherwise."""
+    example = "e.g. --ports 5683,5684,5685"
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"--ports: no port given ({example})")
+    for item in items:
+        if not (item.isascii() and item.isdigit() and 0 < int(item) < 65536):
+            raise ValueError(f"--ports: {item[:16]!r} is not a port number 1-65535 ({example})")
+    return [int(item) for item in items]
 
 
 # ================================================================ the shell
@@ -709,9 +715,9 @@ def _init_colours() -> None:
         _ATTRS[style] = curses.color_pair(number) | (bold if style.startswith("led") else 0)
 
 
-async def _fetch_status(host: str, port: int) -> dict[str, Any]:
+async def _fetch_status(host: str, port: int, timeout_s: float) -> dict[str, Any]:
     async with await CoapClient.create() as client:
-        reply = await client.request(host, port, "GET", "/status", timeout_s=REQUEST_TIMEOUT_S)
+        reply = await client.request(host, port, "GET", "/status", timeout_s=timeout_s)
     if not isinstance(reply.body, dict):
         raise ValueError(f"unreadable status ({reply.code})")
     return reply.body
@@ -720,24 +726,44 @@ async def _fetch_status(host: str, port: int) -> dict[str, Any]:
 def status_command(host: str, port: int, *, wait_in_room: bool, timeout_s: float) -> int:
     """The ``status`` command: print ``/status`` as JSON; with ``wait_in_room``, first
     wait (up to ``timeout_s``) until the device is online and in a room. Exit 0, or 1
-    when the device did not answer (or never got into a room)."""
+    when the device did not answer (or never got into a room). Without
+    ``wait_in_room`` it asks once and gives up within :data:`STATUS_TIMEOUT_S`."""
+    if not wait_in_room:
+        timeout_s = min(timeout_s, STATUS_TIMEOUT_S)
     deadline = time.monotonic() + timeout_s
     status: dict[str, Any] | None = None
     while True:
+        left = max(0.1, min(deadline - time.monotonic(), REQUEST_TIMEOUT_S))
         try:
-            status = asyncio.run(_fetch_status(host, port))
+            status = asyncio.run(_fetch_status(host, port, left))
         except Exception as exc:
-            error = f"no answer from coap://{host}:{port}/status ({type(exc).__name__})"
+            error = _no_answer(host, port, exc)
         else:
             in_room = status.get("role") is not None and status.get("connection") == "online"
             if in_room or not wait_in_room:
                 print(json.dumps(status, indent=2))
                 return 0
             error = f"not in a room yet: {status.get('connection')}"
-        if time.monotonic() >= deadline:
+        if not wait_in_room or time.monotonic() >= deadline:
             print(f"gochat-appliance status: {error}", file=sys.stderr)
             return 1
         time.sleep(0.2)
+
+
+def _no_answer(host: str, port: int, exc: Exception) -> str:
+    """Why ``status`` got nothing, and where to look."""
+    where = f"coap://{host}:{port}/status"
+    detail = " ".join(str(arg) for arg in exc.args)  # aiocoap's str() drops the errno
+    if "ECONNREFUSED" in detail or isinstance(exc, ConnectionRefusedError):
+        why = "nothing listens on that port"
+    elif isinstance(exc, TimeoutError):
+        why = "no answer in time"
+    else:
+        why = f"{type(exc).__name__}: {detail[:80]}"
+    return (
+        f"no answer from {where} ({why}); is the appliance running, and is its "
+        "[coap] port this one? (systemctl status gochat-appliance; make run uses 5683-5685)"
+    )
 
 
 def run_console(host: str, ports_text: str) -> int:

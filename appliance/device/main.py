@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 STARTED_AT = time.monotonic()
 EX_CONFIG = 78
+SILENT_DBFS = -60.0
+"""``test-audio`` fails when the recording's level is below this."""
 PROG = "gochat-appliance"
 
 
@@ -66,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--wait-in-room", action="store_true", help="first wait until it is online in a room"
     )
-    status.add_argument("--timeout", type=float, default=15.0, help="seconds (default: 15)")
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait with --wait-in-room (default: 15); else at most 2",
+    )
     devices = sub.add_parser("audio-devices", help="list the ALSA devices PortAudio sees")
     devices.add_argument("--mock-hw", action="store_true", help="list the stand-in devices")
     test = sub.add_parser(
@@ -108,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _audio_command(args: argparse.Namespace) -> int:
     from appliance.audio import check
-    from appliance.device.settings import DEFAULT_CONFIG_PATH, ApplianceSettings
+    from appliance.device.settings import DEFAULT_CONFIG_PATH, AudioOnlySettings
     from appliance.settings import ConfigError
 
     config = args.config if args.command == "test-audio" else None
     if config is None and DEFAULT_CONFIG_PATH.exists():
         config = DEFAULT_CONFIG_PATH
     try:
-        audio = ApplianceSettings.load(config).audio if config else _audio_from_env()
+        audio = AudioOnlySettings.load(config).audio  # no broker credentials needed
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -135,28 +142,13 @@ def _audio_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 69
     print(f"level {heard.level_dbfs:.1f} dBFS, dominant frequency {heard.dominant_hz:.0f} Hz")
-    if heard.level_dbfs < -60:
-        print("the microphone heard (almost) nothing: is it connected and unmuted (alsamixer)?")
+    if heard.level_dbfs < SILENT_DBFS:
+        print(
+            "the microphone heard (almost) nothing: is it connected and unmuted (alsamixer)?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
-
-
-def _audio_from_env() -> AudioSettings:
-    """The ``audio`` section from ``GOCHAT_AUDIO__*`` alone (no config file at hand)."""
-    from pydantic import ValidationError
-
-    from appliance.device.settings import AudioSettings
-    from appliance.settings import ConfigError
-
-    prefix = "GOCHAT_AUDIO__"
-    values = {
-        k.removeprefix(prefix).lower(): v for k, v in os.environ.items() if k.startswith(prefix)
-    }
-    try:
-        return AudioSettings.model_validate(values)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"invalid {prefix}{key.upper()}: {err['msg']}") from None
 
 
 def _enroll(name: str, directory: Path) -> int:
@@ -231,6 +223,7 @@ def pyaudio_for(audio: AudioSettings, *, mock_hw: bool) -> PyAudioModule | None:
             audio.mock_unplug_file,
             echo_spec=audio.mock_echo,
             noise_spec=audio.mock_noise,
+            output_keep_s=audio.mock_output_keep_s,
         )
         return card
     from appliance.audio.devices import load_pyaudio

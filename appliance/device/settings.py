@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import SettingsConfigDict
 
 from appliance import pki
 from appliance.audio.config import AudioConfig
@@ -110,6 +111,9 @@ class AudioSettings(AudioConfig):
     file (played once) or ``loop:FILE.wav``."""
     mock_output: Path | None = None
     """With ``--mock-hw``: a WAV file recording what the speaker plays (None: discard)."""
+    mock_output_keep_s: float | None = Field(default=None, gt=0)
+    """With ``--mock-hw`` and ``mock_output``: bound the recording, keeping at least the
+    last this many seconds in ``NAME.wav`` and ``NAME.1.wav`` (None: keep everything)."""
     mock_unplug_file: Path | None = None
     """With ``--mock-hw``: while this file exists the sound card is unplugged."""
     mock_echo: str = "off"
@@ -258,3 +262,12 @@ __all__ = [
     "GpioSettings",
     "RoomSettings",
 ]
+
+
+class AudioOnlySettings(FileSettings):
+    """Only the ``[audio]`` section of an appliance config (with ``GOCHAT_AUDIO__*``):
+    what ``test-audio`` and ``audio-devices`` read. The other sections, credentials
+    among them, are neither read nor checked: a sound check needs no broker account."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+    audio: AudioSettings = Field(default_factory=AudioSettings)

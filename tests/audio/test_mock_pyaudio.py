@@ -143,6 +143,28 @@ def test_the_recording_is_readable_while_still_being_written(tmp_path: Path) -> 
     recorder.close()
 
 
+def test_a_bounded_recording_is_a_ring_of_two_files_holding_the_latest_audio(
+    tmp_path: Path,
+) -> None:
+    """keep_s = 4 blocks: the oldest blocks go, at least the last 4 stay, in order."""
+    (tmp_path / "out.1.wav").write_bytes(b"an earlier run's")
+    keep_s = 4 * BLOCK / RATE
+    recorder = mock.WavRecorder(tmp_path / "out.wav", RATE, keep_s)
+    assert not (tmp_path / "out.1.wav").exists()  # not this run's audio
+    blocks = [np.full(BLOCK, i, dtype=np.int16) for i in range(11)]
+    for block in blocks:
+        recorder.write(block.tobytes())
+        current, _ = read_wav(tmp_path / "out.wav")
+        assert len(current) == recorder.frames <= 4 * BLOCK  # readable at every moment
+    recorder.close()
+    previous, _ = read_wav(tmp_path / "out.1.wav")
+    current, _ = read_wav(tmp_path / "out.wav")
+    kept = np.concatenate([previous, current])
+    # blocks 0-3 filled the first file, 4-7 the second (now out.1.wav), 8-10 the third
+    assert np.array_equal(kept, np.concatenate(blocks[4:])) and len(kept) >= 4 * BLOCK
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.1.wav", "out.wav"]
+
+
 def test_devices_look_like_portaudio() -> None:
     pa = MockPyAudio(MockHardware())
     names = [pa.get_device_info_by_index(i)["name"] for i in range(pa.get_device_count())]

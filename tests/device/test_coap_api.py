@@ -161,3 +161,32 @@ def test_hostile_requests_get_4xx_and_are_counted_and_the_daemon_keeps_serving(
     assert status.code == "2.05" and status.body["connection"] == "online"
     created = coap.request(pi.coap_port, "PUT", "/room", {"subject": "Still here", "max_seats": 4})
     assert created.code == "2.04" and created.body["room"]["max_seats"] == 4
+
+
+def test_an_observer_that_quits_is_dropped_and_status_keeps_answering(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], coap: CoapClient
+) -> None:
+    """Two consoles observe /status; one quits without deregistering. The "port
+    unreachable" for its next notification came back as the error of the *next* send,
+    to the observer that stayed: aiocoap ended that observation inside the send and
+    raised ``TypeError: 'bool' object is not iterable`` (a 5.00 in the log), and the
+    staying console heard nothing more."""
+    pi = daemons("pi-obs")
+    staying = coap.observe(pi.coap_port)
+    leaving = CoapClient()
+    leaving.observe(pi.coap_port)
+    leaving.close()  # its socket is gone: notifications to it are refused
+
+    for subject in ("One", "Two", "Three"):
+        created = coap.request(pi.coap_port, "PUT", "/room", {"subject": subject})
+        assert created.code == "2.04"
+        room_id = created.body["room"]["room_id"]
+        staying.wait_for(lambda s, r=room_id: s["room_id"] == r and s["role"] == "host")
+        assert coap.request(pi.coap_port, "DELETE", "/room").code == "2.02"
+        staying.wait_for(lambda s: s["room_id"] is None)
+
+    assert coap.get(pi.coap_port, "/status").code == "2.05"
+    counters = coap.get(pi.coap_port, "/counters").body
+    assert counters.get("internal_errors", 0) == 0
+    assert counters["observers_gone"] >= 1
+    staying.cancel()
