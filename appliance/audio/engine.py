@@ -44,7 +44,9 @@ END_GRACE_S = 0.25  # how long a closing spurt may take to send its last block
 FLOOR_DBFS = -100.0  # the lowest input level reported
 GATE_DBFS = -50.0  # without the chain: louder than this counts as speaking ...
 GATE_HANGOVER_S = 0.3  # ... until this long below it (not between words)
-NEW_RUN_GAP_BLOCKS = 3  # capture silent this many blocks' time: a new capture run
+# PortAudio's callback status flags paInputOverflow | paOutputUnderflow: samples were
+# lost on one side, so the speaker and microphone sample counts no longer line up.
+XRUN_FLAGS = 0x2 | 0x4
 _FULL_SCALE_SQ = 32768.0**2
 
 
@@ -119,7 +121,10 @@ class AudioEngine:
         self._reference_factor = PLAYBACK_RATE // self.profile.capture_rate
         self._speaking = False  # written by the capture thread, read by stats()
         self._input_level: float | None = None
-        self._last_capture: float | None = None  # clock of the latest captured block
+        # Set when a stream (re)opens or a callback reports an xrun; the next captured
+        # block starts a new run: the echo reference realigns, the level gate resets.
+        # A late callback alone is no reason: its samples still come in order.
+        self._new_run = threading.Event()
         self._gate_until = 0.0
         self._capture = _Stream("input")
         self._playback = _Stream("output")
@@ -254,6 +259,7 @@ class AudioEngine:
                 time.sleep(0.005)
 
     def _open(self, stream: _Stream, now: float) -> bool:
+        self._new_run.set()  # before the stream's first callback can run
         try:
             pa = self._pyaudio()
             stream.opened(self._open_stream(pa, stream.side))
@@ -307,20 +313,23 @@ class AudioEngine:
 
     # ------------------------------------------------------------ PortAudio threads
 
-    def _on_capture(self, in_data: bytes | None, frames: int, _t: Any, _s: int) -> tuple[None, int]:
+    def _on_capture(
+        self, in_data: bytes | None, frames: int, _t: Any, status: int
+    ) -> tuple[None, int]:
         if in_data is None:
             return None, self._pa_module.paContinue
         pcm = np.frombuffer(in_data, dtype=np.int16)
         now = self._clock()
-        period = frames / self.profile.capture_rate
-        last, self._last_capture = self._last_capture, now
-        new_run = last is None or now - last > NEW_RUN_GAP_BLOCKS * period
+        if status & XRUN_FLAGS:
+            self._new_run.set()
+        new_run = self._new_run.is_set()
+        self._new_run.clear()
         chain = self._chain
         if chain is None:
             self._gate(pcm, now, new_run)
         else:
             if new_run:
-                chain.restart()  # the microphone (re)opened: realign on the newest reference
+                chain.restart()  # a stream (re)opened or lost samples: realign the reference
             try:
                 pcm = chain.process(pcm)
             except Exception:  # the chain must never take the microphone down with it
@@ -345,7 +354,11 @@ class AudioEngine:
             self._gate_until = now + GATE_HANGOVER_S
         self._speaking = now < self._gate_until
 
-    def _on_playback(self, _in: bytes | None, frames: int, _t: Any, _s: int) -> tuple[bytes, int]:
+    def _on_playback(
+        self, _in: bytes | None, frames: int, _t: Any, status: int
+    ) -> tuple[bytes, int]:
+        if status & XRUN_FLAGS:
+            self._new_run.set()
         block = self.receiver.render() if frames == PERIOD_SAMPLES else bytes(frames * 2)
         chain = self._chain
         if chain is not None and frames % self._reference_factor == 0:

@@ -56,7 +56,10 @@ near talker fell from 3.69 (no AGC) to 2.89; at 8 dB (~-19 dBFS RMS) it is 3.47
 (benchmarks/voice_quality.py)."""
 RING_MS: Final = 500  # reference kept while capture is closed or late
 MARGIN_MS: Final = 10  # reference kept back at a (re)start: one playback period of jitter
-SLACK_MS: Final = 60  # reference further ahead than this means capture stalled: resync
+# Reference further ahead than this: the two clocks drifted apart (or capture lost
+# samples): resync. A capture callback merely late still delivers its samples in order,
+# so a stall shorter than this keeps the alignment the echo canceller has learned.
+SLACK_MS: Final = 250
 SPEECH_PROBABILITY: Final = 0.5
 MIN_SPEECH_DBFS: Final = -60.0  # quieter than this after AEC and NS is no talker
 MIN_KEPT_DB: Final = -15.0  # AEC and NS took more than this off: echo or noise, not speech

@@ -203,11 +203,24 @@ def test_reference_ring_starts_on_the_newest_reference_and_keeps_one_clock() -> 
     assert ring.resyncs == 1
 
 
+def test_reference_ring_keeps_its_alignment_through_a_late_capture_burst() -> None:
+    ring = ReferenceRing(16_000)
+    out = np.zeros(320, np.int16)  # 20 ms blocks
+    ring.write(np.arange(640, dtype=np.int16))
+    ring.read(out)  # starts 320 + 160 back from the newest: position 160
+    assert out[0] == 160
+    ring.write(np.arange(640, 640 + 3200, dtype=np.int16))  # 200 ms played, capture late
+    for block in range(10):  # the late blocks then arrive back to back, still in order
+        ring.read(out)
+        assert out[0] == 160 + 320 * (block + 1)
+    assert ring.resyncs == 1
+
+
 def test_reference_ring_resyncs_after_a_capture_stall_and_on_restart() -> None:
     ring = ReferenceRing(16_000)
     out = np.zeros(640, np.int16)
     ring.read(out)
-    ring.write(np.ones(16_000, np.int16))  # a second of playback, capture stalled
+    ring.write(np.ones(16_000, np.int16))  # a second of playback, capture lost samples
     ring.read(out)
     assert out.all() and ring.resyncs == 2
     ring.restart()
