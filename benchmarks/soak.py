@@ -307,7 +307,7 @@ def hostile_burst(broker: Broker, user: str, rng: random.Random, count: int = 60
         time.sleep(0.01)
     resp = topics.response(user)
     deep = b"[" * 5000 + b"]" * 5000
-    bodies = [
+    bodies: list[Callable[[], bytes]] = [
         lambda: rng.randbytes(rng.randint(1, 300)),
         lambda: b'{"name": "trunc',
         lambda: deep,
@@ -353,32 +353,43 @@ class Device:
 class World:
     """Everything that runs; the faults act on it and the checks read it."""
 
-    def __init__(self, workdir: Path, seed: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        seed: int,
+        *,
+        devices: int = DEVICES,
+        clients_per_room: int = CLIENTS_PER_ROOM,
+        freeze_s: float = FREEZE_S,
+    ) -> None:
         self.workdir = workdir
         self.rng = random.Random(seed)
+        self.freeze_s = freeze_s
         self.broker = Broker(workdir / "broker")
         self.broker.start()
         users = ["soak-observer", "soak-mallory"]
-        users += [f"soak-c{i:02d}" for i in range(DEVICES * CLIENTS_PER_ROOM)]
+        users += [f"soak-c{i:02d}" for i in range(devices * clients_per_room)]
         self.broker.add_users(*users)
         self.server = ServerProcess(
             broker=self.broker, db_path=workdir / "server.db", log_path=workdir / "server.log"
         ).start()
         self.coap = CoapClient()
         self.observer = Observer(self.broker, "soak-observer")
-        self.devices = [self._device(i) for i in range(DEVICES)]
+        self.devices = [self._device(i) for i in range(devices)]
+        for device in self.devices:  # in parallel: a start costs a few seconds
+            device.proc.start(wait_ready=False)
         for device in self.devices:
-            self._start_device(device)
+            self._start_device(device, started=True)
         self.tally = Tally()
         self.clients = [
             SoakClient(
                 self,
                 f"soak-c{i:02d}",
-                self.devices[i % DEVICES].name,
+                self.devices[i % devices].name,
                 random.Random(seed * 1000 + i),
                 self.tally,
             )
-            for i in range(DEVICES * CLIENTS_PER_ROOM)
+            for i in range(devices * clients_per_room)
         ]
         for client in self.clients:
             client.start()
@@ -396,11 +407,14 @@ class World:
         )
         return Device(name, proc)
 
-    def _start_device(self, device: Device) -> None:
-        if device.proc.notify is not None:
-            device.proc.notify.close()
-        device.proc.start(timeout_s=30)
+    def _start_device(self, device: Device, *, started: bool = False) -> None:
+        """Start ``device`` (unless ``started``) and wait for its READY=1."""
+        if not started:
+            if device.proc.notify is not None:
+                device.proc.notify.close()
+            device.proc.start(wait_ready=False)
         assert device.proc.notify is not None
+        device.proc.notify.wait_for("READY=1", 30.0)
         drain_datagrams(device.proc.notify.sock)  # systemd always reads its socket
         device.down = False
 
@@ -438,10 +452,10 @@ class World:
         if kind == "daemon-stop":
             device.frozen = True
             device.proc.proc.send_signal(signal.SIGSTOP)
-            time.sleep(FREEZE_S)
+            time.sleep(self.freeze_s)
             device.proc.proc.send_signal(signal.SIGCONT)
             device.frozen = False
-            return f"{device.name} SIGSTOP {FREEZE_S:.0f} s, SIGCONT"
+            return f"{device.name} SIGSTOP {self.freeze_s:.0f} s, SIGCONT"
         sent = hostile_burst(self.broker, "soak-mallory", self.rng)
         return f"{sent} hostile requests"
 
