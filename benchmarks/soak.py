@@ -85,6 +85,7 @@ KINDS = ("broker", "server", "daemon-kill", "daemon-stop", "hostile")
 
 
 def now() -> float:
+    """The soak's clock (monotonic seconds)."""
     return time.monotonic()
 
 
@@ -344,6 +345,8 @@ def hostile_burst(broker: Broker, user: str, rng: random.Random, count: int = 60
 
 @dataclass
 class Device:
+    """A daemon of the world; ``frozen``/``down`` while a fault has it stopped or dead."""
+
     name: str
     proc: DaemonProcess
     frozen: bool = False
@@ -489,6 +492,8 @@ class World:
 
 @dataclass
 class Violation:
+    """An invariant broken: seconds into the run, which one, and what was seen."""
+
     at_s: float
     invariant: str
     detail: str
@@ -657,6 +662,8 @@ class RssSeries:
 
 @dataclass
 class FaultRecord:
+    """One fault: when, what, and how long the world took to agree again."""
+
     at_s: float
     kind: str
     what: str
@@ -714,6 +721,7 @@ def run(seconds: float, seed: int, workdir: Path, out: Callable[[str], None]) ->
 def inflict(
     world: World, checker: Checker, kind: str, started: float, out: Callable[[str], None]
 ) -> FaultRecord:
+    """One fault of ``kind``, then the audio and agreement checks that follow it."""
     at = now() - started
     checker.fault_active = True
     try:
