@@ -90,7 +90,7 @@ from testbed.voice import media_key_pushes
 
 # --- knobs ---------------------------------------------------------------------------
 
-LADDER = (100, 250, 500, 1_000, 2_000, 4_000, 8_000)
+LADDER = (100, 250, 500, 750, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000)
 QUICK_LADDER = (20, 60)
 HOLD_FRACTION = 0.999  # of the frames sent, at every listener ...
 HOLD_MS = 50  # ... within this many ms of their due time
@@ -104,12 +104,15 @@ DTX_TALK = 20  # 0.4 s: 10 % of the time
 DTX_SILENT_EVERY = 50  # one packet per second while silent
 MODES = ("talk", "dtx")
 HIST_MS = 2_000  # delay histogram, 1 ms bins; the last bin holds everything later
+BATCH_S = 0.002  # a listener process pauses this long between busy passes
 VERIFY_EVERY = 97  # listeners open every 97th frame they receive
 HEARTBEAT_S = 10.0
 KEEPALIVE_S = 60
 JOIN_RATE = 300.0  # listener connects and joins/s, all processes together (untimed)
-SETTLE_S = 3.0  # after the last join: key rotations (>= 2 s apart) and states settle
+SETTLE_S = 2.5  # after the last join: key rotations (>= 2 s apart) settle
 GRACE_S = 1.0  # after the last send, before the listeners report
+QUIET_S = 1.0  # before a measurement, nothing received for this long
+DRAIN_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 20.0
 
 READ = selectors.EVENT_READ
@@ -481,6 +484,9 @@ class ListenerProcess:
         self.disconnects = 0
         self.adding: list[Listener] = []
         self.adding_deadline = math.inf
+        self.last_packet = 0.0  # when the last PUBLISH of any kind arrived
+        self.draining: tuple[float, float] | None = None  # (quiet s wanted, deadline)
+        self.reported = 0  # window frames counted when the tally was reported
         self.stopped = False
 
     # --- commands from the coordinator -----------------------------------------------
@@ -489,7 +495,9 @@ class ListenerProcess:
         """The loop: sockets, the coordinator's pipe, heartbeats; until ``stop``."""
         next_beat = 0.0
         while not self.stopped:
-            for key, mask in self.selector.select(0.2):
+            events = self.selector.select(0.2)
+            began = time.monotonic()
+            for key, mask in events:
                 if key.data is None:
                     self.command(*self.pipe.recv())
                     continue
@@ -499,6 +507,12 @@ class ListenerProcess:
                 if mask & READ:
                     self.receive(listener)
             now = time.monotonic()
+            if events and now - began < BATCH_S:
+                # A short pass: let packets gather, so that one wake-up, recv and parse
+                # serve several (at most BATCH_S more measured delay; a process that
+                # is behind never pauses).
+                time.sleep(BATCH_S - (now - began))
+                now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + 0.5
                 self.heartbeats(now)
@@ -507,6 +521,8 @@ class ListenerProcess:
                 or all(x.stage in ("joined", "failed") for x in self.adding)
             ):
                 self.report_added()
+            if self.draining is not None:
+                self.check_quiet(now)
 
     def command(self, name: str, arguments: Any) -> None:
         """One command from the coordinator."""
@@ -520,7 +536,10 @@ class ListenerProcess:
                 listener.frames = 0
         elif name == "report":
             self.pipe.send(self.report())
-            self.window = None
+            self.reported = self.tally.frames
+        elif name == "drain":
+            quiet_s, timeout_s = arguments
+            self.draining = (quiet_s, time.monotonic() + timeout_s)
         elif name == "stop":
             self.stopped = True
 
@@ -556,6 +575,18 @@ class ListenerProcess:
         failed = len(self.adding) - joined
         self.pipe.send({"joined": joined, "failed": failed, "errors": self.errors[-5:]})
         self.adding = []
+
+    def check_quiet(self, now: float) -> None:
+        """Answer a ``drain`` once nothing has arrived for the time asked (or at its
+        deadline): with the window's frames that came after its report (late), and
+        whether it got quiet at all. The window closes then."""
+        assert self.draining is not None
+        quiet_s, deadline = self.draining
+        quiet = now - self.last_packet >= quiet_s
+        if quiet or now > deadline:
+            late = self.tally.frames - self.reported if self.window is not None else 0
+            self.pipe.send({"late": late, "quiet": quiet})
+            self.draining, self.window, self.reported = None, None, 0
 
     def report(self) -> dict[str, Any]:
         """The window's tally, with this process's CPU time so far."""
@@ -670,7 +701,7 @@ class ListenerProcess:
         except OSError:
             self.drop(listener)
             return
-        now = time.monotonic()
+        now = self.last_packet = time.monotonic()
         pos, end_of_data = 0, len(buf)
         while end_of_data - pos >= 2:
             parsed = read_varint(buf, pos + 1)
@@ -796,7 +827,9 @@ class Step:
     sent: int  # frames the speakers sent in the window
     lag_max_s: float  # the speakers' worst send lag behind the schedule
     hist: list[int]
-    received: int
+    received: int  # within the window and its grace
+    late: int  # after that, while draining the broker's backlog
+    quiet: bool  # whether the backlog drained within DRAIN_TIMEOUT_S
     opened: int
     open_failed: int
     min_frames: int  # the least any one listener received
@@ -804,6 +837,7 @@ class Step:
     disconnects: int
     broker_cpu_pct: float
     broker_rss: int
+    others_cpu_pct: float  # server and speakers
     listeners_cpu_pct: list[float]
     machine_busy_pct: float
     load_avg: float
@@ -925,8 +959,12 @@ class Bench:
             raise BenchError(f"{len(names) - joined} of {len(names)} listeners failed: {errors}")
         self.listeners = total
         took = time.monotonic() - started
-        log(f"{total:,} listeners in the room ({len(names):,} joined in {took:.1f} s)")
         time.sleep(SETTLE_S)
+        _, quiet = self.drain()
+        log(
+            f"{total:,} listeners in the room ({len(names):,} joined in {took:.1f} s"
+            f"{'' if quiet else '; still receiving room traffic'})"
+        )
 
     def measure(self, mode: str) -> Step:
         """One window of ``mode`` audio at the current number of listeners."""
@@ -936,19 +974,21 @@ class Bench:
         end = start + duration
         for pipe in self.pipes:
             pipe.send(("window", (start, end)))
-        broker_pid = self.broker.pid or 0
-        cpu0 = [process_cpu_seconds(p) for p in (broker_pid, *self.pids[1:])]
+        watched = self._watched()
+        cpu0 = [process_cpu_seconds(p) for p in watched]
         busy0, all0 = machine_cpu_seconds()
         t0 = time.monotonic()
         self.speaker_pipe.send(("run", (mode, self.base, start, end)))
         spoken = self._receive(self.speaker_pipe, duration + 30)
         time.sleep(GRACE_S)
-        cpu1 = [process_cpu_seconds(p) for p in (broker_pid, *self.pids[1:])]
+        cpu1 = [process_cpu_seconds(p) for p in watched]
         busy1, all1 = machine_cpu_seconds()
         wall = time.monotonic() - t0
+        rss = process_rss_bytes(watched[0])
         for pipe in self.pipes:
             pipe.send(("report", None))
         reports = [self._receive(p, 30) for p in self.pipes]
+        late, quiet = self.drain()
         if not self.broker.running:
             raise BenchError(f"the broker exited\n{self.broker.log_text()[-2000:]}")
         hist = [sum(col) for col in zip(*(r["hist"] for r in reports), strict=True)]
@@ -965,17 +1005,34 @@ class Bench:
             lag_max_s=spoken["lag_max_s"],
             hist=hist,
             received=sum(r["frames"] for r in reports),
+            late=late,
+            quiet=quiet,
             opened=sum(r["opened"] for r in reports),
             open_failed=sum(r["open_failed"] for r in reports),
             min_frames=min(r["min_frames"] for r in reports),
             codes=codes,
             disconnects=sum(r["disconnects"] for r in reports),
             broker_cpu_pct=pct[0],
-            broker_rss=process_rss_bytes(broker_pid),
-            listeners_cpu_pct=pct[1:],
+            broker_rss=rss,
+            others_cpu_pct=pct[1] + pct[2],
+            listeners_cpu_pct=pct[3:],
             machine_busy_pct=(busy1 - busy0) / max(all1 - all0, 1e-9) * 100,
             load_avg=os.getloadavg()[0],
         )
+
+    def _watched(self) -> list[int]:
+        """Broker, server, speakers, then the listener processes."""
+        server = self.server.proc.pid if self.server and self.server.proc else 0
+        return [self.broker.pid or 0, server, *self.pids]
+
+    def drain(self) -> tuple[int, bool]:
+        """Wait until no listener has received anything for ``QUIET_S`` (a backlog in
+        the broker from the last step would otherwise spill into the next); returns
+        the last window's frames that arrived only now, and whether all got quiet."""
+        for pipe in self.pipes:
+            pipe.send(("drain", (QUIET_S, DRAIN_TIMEOUT_S)))
+        answers = [self._receive(p, DRAIN_TIMEOUT_S + 30) for p in self.pipes]
+        return sum(a["late"] for a in answers), all(a["quiet"] for a in answers)
 
     def _stop_server(self) -> None:
         if self.server is not None and self.server.proc is not None:
@@ -1010,8 +1067,10 @@ def step_row(step: Step, attempts: list[Step]) -> list[str]:
         f"{ms_cell(step.delay_ms(0.999))}",
         f"{step.broker_cpu_pct:.0f} % / {step.broker_rss / 2**20:.0f} MiB",
         " + ".join(f"{p:.0f}" for p in step.listeners_cpu_pct) + " %",
+        f"{step.others_cpu_pct:.0f} %",
         f"{step.machine_busy_pct:.0f} % / {step.load_avg:.2f}",
         f"{step.lag_max_s * 1000:.0f} ms",
+        f"{step.late:,}" + ("" if step.quiet else " (backlog left)"),
         f"{step.opened:,} / {step.open_failed:,}",
     ]
 
@@ -1025,8 +1084,10 @@ HEADERS = [
     "Delay p50 / p99 / p99.9",
     "Mosquitto CPU / RSS",
     "Listener procs CPU",
+    "Server + speakers CPU",
     "Machine busy / load avg",
     "Speaker lag max",
+    "Frames later than 1 s",
     "Frames opened ok / failed",
 ]
 
