@@ -137,6 +137,7 @@ class Config:
     workers: int
     repeat: int
     modes: tuple[str, ...]
+    batch_ms: float = BATCH_S * 1000
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -150,6 +151,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--repeat", type=int, default=1, help="measurements per step and load; the best counts"
     )
     parser.add_argument("--modes", default="talk,dtx", help="loads to run (talk,dtx)")
+    parser.add_argument(
+        "--batch-ms",
+        type=float,
+        default=BATCH_S * 1000,
+        help="pause of a listener process after a short pass (2; 0 = none)",
+    )
     args = parser.parse_args(argv)
     try:
         ladder = (
@@ -165,7 +172,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
     if duration <= 0:
         parser.error("--duration must be positive")
-    return Config(ladder, duration, max(1, args.workers), max(1, args.repeat), modes)
+    return Config(
+        ladder, duration, max(1, args.workers), max(1, args.repeat), modes, max(0.0, args.batch_ms)
+    )
 
 
 # =====================================================================================
@@ -487,6 +496,7 @@ class ListenerProcess:
         self.last_packet = 0.0  # when the last PUBLISH of any kind arrived
         self.draining: tuple[float, float] | None = None  # (quiet s wanted, deadline)
         self.reported = 0  # window frames counted when the tally was reported
+        self.batch_s = BATCH_S
         self.stopped = False
 
     # --- commands from the coordinator -----------------------------------------------
@@ -507,11 +517,11 @@ class ListenerProcess:
                 if mask & READ:
                     self.receive(listener)
             now = time.monotonic()
-            if events and now - began < BATCH_S:
+            if events and now - began < self.batch_s:
                 # A short pass: let packets gather, so that one wake-up, recv and parse
-                # serve several (at most BATCH_S more measured delay; a process that
+                # serve several (at most batch_s more measured delay; a process that
                 # is behind never pauses).
-                time.sleep(BATCH_S - (now - began))
+                time.sleep(self.batch_s - (now - began))
                 now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + 0.5
@@ -527,7 +537,7 @@ class ListenerProcess:
     def command(self, name: str, arguments: Any) -> None:
         """One command from the coordinator."""
         if name == "setup":
-            self.room_id, self.schedule = arguments
+            self.room_id, self.schedule, self.batch_s = arguments
         elif name == "add":
             self.add(*arguments)
         elif name == "window":
@@ -857,6 +867,12 @@ class Step:
         """Whether this step meets the bar."""
         return self.on_time >= HOLD_FRACTION
 
+    @property
+    def broker_us_per_delivery(self) -> float:
+        """Mosquitto's CPU time per frame delivered to one listener (µs)."""
+        rate = (self.received + self.late) / self.duration_s
+        return self.broker_cpu_pct / 100 / rate * 1e6 if rate else math.nan
+
     def delay_ms(self, q: float) -> float:
         """The ``q`` quantile of the delay (ms), a missing frame counting as infinite."""
         need, total = q * self.expected, 0
@@ -909,7 +925,8 @@ class Bench:
         log(f"room {ready['room_id']}: 4 speakers seated; broker pid {self.broker.pid}")
         for k in range(self.config.workers):
             pipe = self._spawn(listeners_main, args, f"listeners-{k}")
-            pipe.send(("setup", (ready["room_id"], _encoded(ready["schedule"]))))
+            setup = (ready["room_id"], _encoded(ready["schedule"]), self.config.batch_ms / 1000)
+            pipe.send(("setup", setup))
             self.pipes.append(pipe)
 
     def _spawn(self, target: Any, args: tuple[Any, ...], name: str) -> Connection:
@@ -1066,6 +1083,7 @@ def step_row(step: Step, attempts: list[Step]) -> list[str]:
         f"{ms_cell(step.delay_ms(0.5))} / {ms_cell(step.delay_ms(0.99))} / "
         f"{ms_cell(step.delay_ms(0.999))}",
         f"{step.broker_cpu_pct:.0f} % / {step.broker_rss / 2**20:.0f} MiB",
+        f"{step.broker_us_per_delivery:.1f} µs",
         " + ".join(f"{p:.0f}" for p in step.listeners_cpu_pct) + " %",
         f"{step.others_cpu_pct:.0f} %",
         f"{step.machine_busy_pct:.0f} % / {step.load_avg:.2f}",
@@ -1083,6 +1101,7 @@ HEADERS = [
     f"Within {HOLD_MS} ms (≥ {HOLD_FRACTION * 100:.1f} %)",
     "Delay p50 / p99 / p99.9",
     "Mosquitto CPU / RSS",
+    "Mosquitto CPU per delivery",
     "Listener procs CPU",
     "Server + speakers CPU",
     "Machine busy / load avg",
@@ -1102,6 +1121,22 @@ def largest_holding(steps: list[Step], mode: str) -> str:
     return f"{best:,} (the largest tried; it held)" if best else "n/a"
 
 
+def ceiling(steps: list[Step], mode: str) -> str:
+    """The listener count at which Mosquitto alone would use a whole core, from its
+    median CPU per delivery over the steps of ``mode`` (a projection for a broker
+    with a core to itself: delays grow well before that)."""
+    costs = sorted(
+        s.broker_us_per_delivery
+        for s in steps
+        if s.mode == mode and s.received > 1_000 and not math.isnan(s.broker_us_per_delivery)
+    )
+    if not costs:
+        return "n/a"
+    cost = costs[len(costs) // 2]
+    rate = next(s.sent / s.duration_s for s in steps if s.mode == mode)
+    return f"≈ {1e6 / cost / rate:,.0f} ({cost:.1f} µs per delivery, {rate:.0f} frames/s)"
+
+
 def print_report(config: Config, steps: list[Step], attempts: dict[int, list[Step]]) -> None:
     """Everything, as Markdown, on stdout."""
     print(
@@ -1116,12 +1151,13 @@ def print_report(config: Config, steps: list[Step], attempts: dict[int, list[Ste
     )
     rows = [step_row(s, attempts[id(s)]) for s in steps]
     print(markdown_table(HEADERS, rows))
-    summary = [[mode, largest_holding(steps, mode)] for mode in config.modes]
-    print(
-        markdown_table(
-            ["Load", f"Largest N with ≥ {HOLD_FRACTION * 100:.1f} % within {HOLD_MS} ms"], summary
-        )
-    )
+    summary = [[mode, largest_holding(steps, mode), ceiling(steps, mode)] for mode in config.modes]
+    heads = [
+        "Load",
+        f"Largest N with ≥ {HOLD_FRACTION * 100:.1f} % within {HOLD_MS} ms (measured)",
+        "N at which Mosquitto alone would fill one core (projected)",
+    ]
+    print(markdown_table(heads, summary))
     bad = {code: n for s in steps for code, n in s.codes.items()}
     lost = sum(s.disconnects for s in steps[-1:])
     if bad or lost:
