@@ -138,6 +138,7 @@ class Config:
     repeat: int
     modes: tuple[str, ...]
     batch_ms: float = BATCH_S * 1000
+    plain: bool = False  # listeners on the plain loopback listener instead of TLS
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -151,6 +152,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--repeat", type=int, default=1, help="measurements per step and load; the best counts"
     )
     parser.add_argument("--modes", default="talk,dtx", help="loads to run (talk,dtx)")
+    parser.add_argument(
+        "--plain", action="store_true", help="listeners without TLS (loopback listener)"
+    )
     parser.add_argument(
         "--batch-ms",
         type=float,
@@ -173,7 +177,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     if duration <= 0:
         parser.error("--duration must be positive")
     return Config(
-        ladder, duration, max(1, args.workers), max(1, args.repeat), modes, max(0.0, args.batch_ms)
+        ladder,
+        duration,
+        max(1, args.workers),
+        max(1, args.repeat),
+        modes,
+        max(0.0, args.batch_ms),
+        args.plain,
     )
 
 
@@ -444,7 +454,7 @@ class Listener:
 
     index: int
     user: str
-    sock: ssl.SSLSocket
+    sock: socket.socket  # an ssl.SSLSocket unless on the plain loopback listener
     stage: str = "login"  # login -> join -> joined (or failed)
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
@@ -474,9 +484,9 @@ class Tally:
 class ListenerProcess:
     """Many :class:`Listener` on one selector, counting audio frames per window."""
 
-    def __init__(self, host: str, port: int, ca_file: Path, pipe: Connection) -> None:
+    def __init__(self, host: str, port: int, ca_file: Path | None, pipe: Connection) -> None:
         self.host, self.port = host, port
-        self.context = ssl.create_default_context(cafile=str(ca_file))
+        self.context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self.pipe = pipe
         self.selector = selectors.DefaultSelector()
         self.selector.register(pipe.fileno(), READ, None)
@@ -620,7 +630,7 @@ class ListenerProcess:
         only: no audio is being measured meanwhile); then non-blocking."""
         raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = self.context.wrap_socket(raw, server_hostname=self.host)
+        sock = self.context.wrap_socket(raw, server_hostname=self.host) if self.context else raw
         listener = Listener(len(self.listeners), account.user, sock)
         sock.sendall(connect_packet(account.user, account.password))
         connack = self.read_packet(listener, 0x20)
@@ -811,7 +821,7 @@ class ListenerProcess:
             self.newest_epoch = epoch
 
 
-def listeners_main(host: str, port: int, ca_file: Path, pipe: Connection) -> None:
+def listeners_main(host: str, port: int, ca_file: Path | None, pipe: Connection) -> None:
     """A listener process: serve until told to stop."""
     raise_open_files_limit()
     process = ListenerProcess(host, port, ca_file, pipe)
@@ -918,13 +928,14 @@ class Bench:
         except TimeoutError as exc:
             raise BenchError(f"server did not start: {exc}") from None
         accounts = [Account(u, self.broker.password(u)) for u in speakers]
-        args = (self.broker.host, self.broker.port, self.broker.ca_file)
+        args: tuple[Any, ...] = (self.broker.host, self.broker.port, self.broker.ca_file)
         self.speaker_pipe = self._spawn(speakers_main, (*args, accounts), "speakers")
         ready = self._receive(self.speaker_pipe, 60.0)
         self.base = ready["base"]
         log(f"room {ready['room_id']}: 4 speakers seated; broker pid {self.broker.pid}")
         for k in range(self.config.workers):
-            pipe = self._spawn(listeners_main, args, f"listeners-{k}")
+            where = (self.broker.host, self.broker.plain_port, None) if self.config.plain else args
+            pipe = self._spawn(listeners_main, where, f"listeners-{k}")
             setup = (ready["room_id"], _encoded(ready["schedule"]), self.config.batch_ms / 1000)
             pipe.send(("setup", setup))
             self.pipes.append(pipe)
