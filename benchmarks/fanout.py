@@ -1026,7 +1026,8 @@ class Bench:
             for code, n in r["codes"].items():
                 codes[code] = codes.get(code, 0) + n
         return Step(
-            listeners=sum(r["listeners"] for r in reports),
+            # All that joined, connected or not: a dropped listener's frames are lost.
+            listeners=self.listeners,
             mode=mode,
             duration_s=duration,
             sent=sum(spoken["sent"]),
