@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import secrets
 import signal
 import socket
 import ssl
@@ -241,6 +242,31 @@ class Broker:
             self._passwords[name] = secret.read_text(encoding="utf-8").strip()
         self.reload()
         return {name: self._passwords[name] for name in names}
+
+    def add_load_users(self, names: Iterable[str]) -> dict[str, str]:
+        """Thousands of new accounts for a load test, at the cost of one file write and
+        one reload; name -> password.
+
+        :meth:`add_users` rewrites the password file once per account (quadratic in
+        its size). This appends the same ``$7$`` lines (:func:`appliance.admin.hash_password`)
+        in one go and writes no secret files, so :meth:`password_file` does not serve
+        these accounts. The names must be new, and the file must exist already (made
+        by :meth:`add_user`, with the mode and group the broker expects).
+        """
+        if not self.passwd_path.exists():
+            raise FileNotFoundError(f"{self.passwd_path}: add one account with add_user first")
+        fresh: dict[str, str] = {}
+        for name in names:
+            admin.check_name(name)
+            if name in self._passwords or name in fresh:
+                raise ValueError(f"account {name} exists already")
+            fresh[name] = secrets.token_urlsafe(admin.PASSWORD_BYTES)
+        lines = "".join(f"{n}:{admin.hash_password(p)}\n" for n, p in fresh.items())
+        with self.passwd_path.open("a", encoding="utf-8") as passwd:
+            passwd.write(lines)
+        self._passwords.update(fresh)
+        self.reload()
+        return fresh
 
     def remove_user(self, name: str) -> None:
         """Delete account ``name`` (reloads a running broker)."""
