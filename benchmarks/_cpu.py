@@ -35,7 +35,10 @@ from appliance.audio.profile import PROFILES, ProfileName
 
 PACKET_S = 0.020
 SPEAKERS = 3
-QUOTA_PERIOD_US = 10_000  # 10 ms: a short period, so a starved thread waits at most that
+QUOTA_PERIOD_US = 20_000
+"""20 ms: one packet's work (capture, 3A, encode) fits in one period, and a throttled
+thread waits at most that long; 10 ms made a 10 % quota's 1 ms too small for one
+block's burst (capture callbacks 60 ms late at p99 while using a third of the quota)."""
 _CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -189,9 +192,9 @@ class CpuQuota:
         if not 0 < percent <= 100 * (os.cpu_count() or 1):
             raise ValueError(f"quota {percent} % out of range")
         self.percent = percent
-        quota_us = max(1000, round(period_us * percent / 100))  # the kernel's minimum: 1 ms
-        if quota_us * 100 / period_us != percent:  # keep the ratio: lengthen the period
-            period_us = round(quota_us * 100 / percent)
+        quota_us = round(period_us * percent / 100)
+        if quota_us < 1000:  # the kernel's minimum quota is 1 ms: lengthen the period
+            quota_us, period_us = 1000, round(1000 * 100 / percent)
         self.period_us, self.quota_us = period_us, quota_us
         v2 = _v2_root()
         if v2 is not None:

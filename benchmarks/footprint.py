@@ -613,7 +613,8 @@ def _quota_summary(results: list[Measurement]) -> list[str]:
     if not rows:
         return []
     return [
-        "CPU quota (CFS bandwidth, the daemon moved into the group once it hears all three):"
+        "CPU quota (CFS bandwidth, 20 ms period; the daemon moved into the group once it hears"
+        " all three):"
         " the smallest P % of one core that held, next to the floor's CPU in the same run:\n",
         markdown_table(["run", "quotas tried", "smallest that held", "floor CPU"], rows),
     ]
@@ -665,7 +666,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--cpu-quota", type=parse_quotas, default=None, metavar="P[,P...]",
-        help="run under a CFS quota of P %% of one core (10 ms period), each P in turn",
+        help="run under a CFS quota of P %% of one core (20 ms period), each P in turn",
     )  # fmt: skip
     parser.add_argument(
         "--windows", type=int, default=3, help="parts of the window for the ratio's median (3)"
