@@ -6,7 +6,11 @@ Run (from the repository root)::
     .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~2 min
 
 Options: ``--clicks N`` (per scenario), ``--quick``, ``--no-proxy`` (skip the jitter
-scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``. Prints
+scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``,
+``--cpu-quota P[,P...]`` (instead of the scenarios: loopback with A and B each under a
+CFS quota of P % of one core, 20 ms period, 3A on, next to the codec floor's CPU in the
+same window; a quota holds when no capture block of A is skipped, <= 0.5 % of B's
+played frames are concealed, every click is heard and p99 <= 100 ms). Prints
 Markdown tables with the machine and the date; never fails on a missed target (exit
 0; 1 if the benchmark could not run; 130 on Ctrl-C).
 
