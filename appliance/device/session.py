@@ -109,7 +109,7 @@ AudioSink = Callable[[bytes, bytes, bool], None]
 
 
 class AudioFastClient(paho.Client):
-    """paho's client with a short path for QoS 0 audio frames.
+    """paho's client with a short path for QoS 0 audio frames, both ways.
 
     paho turns every incoming PUBLISH into an ``MQTTMessage`` with an MQTT 5
     ``Properties`` object (whose constructor builds its name tables per instance), then
@@ -117,9 +117,29 @@ class AudioFastClient(paho.Client):
     frames a second. A QoS 0 PUBLISH whose topic is an audio topic goes straight to
     ``audio_sink`` here instead, its properties skipped unread (frames carry none that
     we use). Everything else, and everything malformed, takes paho's own path.
+
+    Going out, :meth:`queue_audio` packs the PUBLISH itself and queues it as paho
+    queues any packet: no message id, ``MQTTMessageInfo`` or ``on_publish`` call (with
+    another ``Properties``) per frame, since nothing waits for a QoS 0 frame. This
+    leans on paho 2's internals (``_in_packet``, ``_packet_queue``), pinned to ``<3``.
     """
 
     audio_sink: AudioSink | None = None
+
+    def queue_audio(self, topic: bytes, payload: bytes) -> bool:
+        """Queue a QoS 0 PUBLISH (no properties) for the network thread to write; any
+        thread. False without a connection."""
+        if self._sock is None:
+            return False
+        packet = bytearray((_PUBLISH_QOS0,))
+        self._pack_remaining_length(packet, 2 + len(topic) + 1 + len(payload))
+        packet += len(topic).to_bytes(2, "big")
+        packet += topic
+        packet.append(0)  # properties: none
+        packet += payload
+        # Queued as a raw packet (command 0): written as is, no publish bookkeeping.
+        self._packet_queue(0, packet, 0, 0)
+        return True
 
     def _handle_publish(self) -> MQTTErrorCode:
         sink, header = self.audio_sink, self._in_packet["command"]
@@ -152,6 +172,7 @@ def _audio_publish(packet: bytes | bytearray) -> tuple[bytes, bytes] | None:
     return (topic, bytes(packet[start:])) if start <= len(packet) else None
 
 
+_PUBLISH_QOS0 = 0x30
 _ROOM_PREFIX = f"{topics.ROOT}/room/".encode()
 _AUDIO_LEVEL = b"/audio/"
 
@@ -324,9 +345,9 @@ class MqttSession:
         if not self._link_up or room_id != self._room:
             self.frames_dropped_out += 1
             return
-        info = self._client.publish(topics.audio(room_id, self.user_id), payload, 0, False)
+        queued = self._client.queue_audio(topics.audio(room_id, self.user_id).encode(), payload)
         self._wake()
-        if info.rc == paho.MQTT_ERR_SUCCESS:
+        if queued:
             self.frames_out += 1
         else:
             self.frames_dropped_out += 1
@@ -377,7 +398,7 @@ class MqttSession:
 
     # ================================================================ network thread
 
-    def _new_client(self) -> paho.Client:
+    def _new_client(self) -> AudioFastClient:
         client = make_client(self._broker, self.user_id, AudioFastClient)
         assert isinstance(client, AudioFastClient)
         client.audio_sink = self._on_audio_frame
