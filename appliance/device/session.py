@@ -113,10 +113,11 @@ class AudioFastClient(paho.Client):
 
     paho turns every incoming PUBLISH into an ``MQTTMessage`` with an MQTT 5
     ``Properties`` object (whose constructor builds its name tables per instance), then
-    matches the topic against every filter: most of the network thread's CPU at 150
-    frames a second. A QoS 0 PUBLISH whose topic is an audio topic goes straight to
-    ``audio_sink`` here instead, its properties skipped unread (frames carry none that
-    we use). Everything else, and everything malformed, takes paho's own path.
+    matches the topic against every filter: about a quarter of the network thread's CPU
+    at 150 frames a second (benchmarks.footprint). A QoS 0 PUBLISH whose topic is an
+    audio topic goes straight to ``audio_sink`` here instead, its properties skipped
+    unread (frames carry none that we use). Everything else, and everything malformed,
+    takes paho's own path.
 
     Going out, :meth:`queue_audio` packs the PUBLISH itself and queues it as paho
     queues any packet: no message id, ``MQTTMessageInfo`` or ``on_publish`` call (with
@@ -641,7 +642,10 @@ class MqttSession:
                 # reaches us as an empty message.
                 self.frames_dropped_in += 1
                 return
-            parsed = topics.parse_audio(topic.decode())
+            try:
+                parsed = topics.parse_audio(topic.decode())
+            except UnicodeDecodeError:  # the broker checks UTF-8; counted all the same
+                parsed = None
             if parsed is None or parsed.room_id != self._room or parsed.user_id == self.user_id:
                 self.frames_dropped_in += 1
                 return
