@@ -26,13 +26,13 @@ RECONNECT_MAX_S = 30
 log = logging.getLogger("gochat.mqtt")
 
 
-def new_client(client_id: str) -> paho.Client:
+def new_client(client_id: str, cls: type[paho.Client] = paho.Client) -> paho.Client:
     """A bare MQTT 5 paho client with Nagle's algorithm off.
 
     paho leaves TCP_NODELAY unset, and small MQTT packets then wait for delayed ACKs:
     about 40 ms per request/response round trip on Linux, for nothing.
     """
-    client = paho.Client(
+    client = cls(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=paho.MQTTv5,
@@ -46,9 +46,12 @@ def set_no_delay(_client: paho.Client, _userdata: object, sock: object) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_client(broker: BrokerSettings, username: str) -> paho.Client:
-    """A configured, not yet connected MQTT 5 client for ``username``."""
-    client = new_client(username)
+def make_client(
+    broker: BrokerSettings, username: str, cls: type[paho.Client] = paho.Client
+) -> paho.Client:
+    """A configured, not yet connected MQTT 5 client for ``username`` (of class ``cls``:
+    paho's or a subclass)."""
+    client = new_client(username, cls)
     password = broker.password()
     client.username_pw_set(username, password.get_secret_value() if password else None)
     if broker.tls_ca_file is not None:

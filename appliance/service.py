@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 _ABSTRACT = "@"
 
@@ -42,3 +43,31 @@ def watchdog_interval_s() -> float | None:
         return int(usec) / 2_000_000
     except ValueError:
         return None
+
+
+_named: dict[int, str] = {}
+
+
+def name_threads() -> int:
+    """Give every Python thread's OS thread its Python name (``/proc/self/task/*/comm``,
+    15 bytes), so ``top -H``, ``ps -L`` and the footprint benchmark tell them apart
+    (Python 3.11 leaves them all ``python``). Cheap to repeat: a thread is written
+    once. Returns how many were named now."""
+    count = 0
+    alive: dict[int, str] = {}
+    for thread in threading.enumerate():
+        tid, name = thread.native_id, thread.name[:15]
+        if tid is None:
+            continue
+        alive[tid] = name
+        if _named.get(tid) == name:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/comm", "w", encoding="ascii", errors="replace") as f:
+                f.write(name)
+        except OSError:
+            continue  # not Linux, or the thread ended meanwhile
+        count += 1
+    _named.clear()
+    _named.update(alive)
+    return count

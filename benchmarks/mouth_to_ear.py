@@ -6,7 +6,11 @@ Run (from the repository root)::
     .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~2 min
 
 Options: ``--clicks N`` (per scenario), ``--quick``, ``--no-proxy`` (skip the jitter
-scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``. Prints
+scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``,
+``--cpu-quota P[,P...]`` (instead of the scenarios: loopback with A and B each under a
+CFS quota of P % of one core, 20 ms period, 3A on, next to the codec floor's CPU in the
+same window; a quota holds when no capture block of A is skipped, <= 0.5 % of B's
+played frames are concealed, every click is heard and p99 <= 100 ms). Prints
 Markdown tables with the machine and the date; never fails on a missed target (exit
 0; 1 if the benchmark could not run; 130 on Ctrl-C).
 
@@ -77,6 +81,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import os
 import queue
 import random
 import signal
@@ -116,6 +121,7 @@ from benchmarks._common import (
     percentile,
     verdict,
 )
+from benchmarks._cpu import CpuQuota, Floor, parse_quotas, process_cpu_ns, quota_available
 from testbed.broker import Broker
 from testbed.daemons import CoapClient, DaemonProcess
 from testbed.server import ServerProcess
@@ -146,6 +152,8 @@ TARGET_P50_MS = 50.0
 TARGET_P99_MS = 80.0
 TARGET_JITTER_P99_MS = 120.0
 TARGET_CONCEALED = 0.01
+TARGET_QUOTA_CONCEALED = 0.005  # under a CPU quota
+TARGET_QUOTA_P99_MS = 100.0
 
 _Float = npt.NDArray[np.float64]
 
@@ -492,6 +500,7 @@ class Scenario:
     profile: str  # A's profile
     proxy: bool
     dtx: bool | None = None  # A's audio.dtx; None: the appliance's default
+    quota: float | None = None  # A and B each under a CPU quota of this % of one core
 
     @property
     def slug(self) -> str:
@@ -516,6 +525,28 @@ class Result:
     phases_ms: list[float] = field(default_factory=list)
     late_callbacks_ms: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    floor_pct: float = float("nan")
+    cpu_pct: dict[str, float] = field(default_factory=dict)
+    throttled_s: float = 0.0
+
+    def concealed_share(self) -> float:
+        """B's concealed frames over all it played (received + concealed)."""
+        received = int(self.status.get("frames_received", 0))
+        concealed = int(self.status.get("frames_concealed", 0))
+        return concealed / (received + concealed) if received + concealed else float("nan")
+
+    def holds(self) -> bool:
+        """Under a quota: every block captured and sent (no capture block skipped), at most
+        0.5 % of B's played frames concealed, every click heard, p99 <= 100 ms."""
+        lat = sorted(self.latencies_ms)
+        return (
+            bool(lat)
+            and self.missed == 0
+            and self.skipped.get("A in", 1) == 0
+            and self.concealed_share() <= TARGET_QUOTA_CONCEALED
+            and percentile(lat, 99) <= TARGET_QUOTA_P99_MS
+        )
 
 
 def floor_of(profile_name: str) -> tuple[float, int, float]:
@@ -587,6 +618,20 @@ def run_scenario(
     if status.get("room_id") != room_id:
         raise BenchError(f"{b_user} did not join {room_id}: {status}")
 
+    floor: Floor | None = None
+    groups: list[CpuQuota] = []
+    if scenario.quota is not None:
+        floor = Floor(track.path, track.path, scenario.profile, three_a=True)
+        stack.callback(floor.close)
+        for name, device in (("a", a), ("b", b)):
+            group = CpuQuota(f"gochat-m2e-{os.getpid()}-{name}", scenario.quota)
+            stack.callback(group.close)
+            assert device.proc is not None
+            group.add(device.proc.pid)
+            groups.append(group)
+    cpu_before = {n: process_cpu_ns(d.proc.pid) for n, d in (("A", a), ("B", b)) if d.proc}
+    floor_before, t_before = (process_cpu_ns(floor.pid) if floor else 0), time.monotonic()
+
     tail = TraceTail(a_trace)
     deadline = time.monotonic() + 5
     while tail.poll() == 0 and time.monotonic() < deadline:
@@ -605,10 +650,22 @@ def run_scenario(
     )
     result.restarts = restarts
     result.status = coap.get(b.coap_port, "/status").body["audio"]
+    elapsed = time.monotonic() - t_before
+    for n, d in (("A", a), ("B", b)):
+        if d.proc is not None and n in cpu_before:
+            result.cpu_pct[n] = (process_cpu_ns(d.proc.pid) - cpu_before[n]) / 1e9 / elapsed * 100
+    if floor is not None:
+        result.floor_pct = (process_cpu_ns(floor.pid) - floor_before) / 1e9 / elapsed * 100
+        floor.close()
+    result.throttled_s = sum(g.throttled()[1] for g in groups)
     for device in (b, a):
         with contextlib.suppress(Exception):
             device.terminate()
     observer.close()
+    result.skipped = {
+        "A in": skipped_blocks(a_trace, "in"),
+        "B out": skipped_blocks(b_trace, "out"),
+    }
     analyse(
         result,
         track,
@@ -739,6 +796,25 @@ def analyse(
     }
 
 
+def skipped_blocks(path: Path, direction: str) -> int:
+    """Blocks the fake sound card skipped in one stream (a callback so late that the card
+    resynced: an xrun), from the trace: gaps of more than one period between consecutive
+    blocks of the same stream (a mute and unmute starts a new stream)."""
+    last: dict[str, float] = {}
+    skipped = 0
+    if not path.exists():
+        return 0
+    for line in path.read_text(encoding="ascii").splitlines():
+        parts = line.split()
+        if len(parts) != 8 or parts[0] != direction:
+            continue
+        due, stream, period = float(parts[1]), parts[3], int(parts[5]) / int(parts[6])
+        if stream in last:
+            skipped += max(0, round((due - last[stream]) / period) - 1)
+        last[stream] = due
+    return skipped
+
+
 # --- the report ----------------------------------------------------------------------
 
 
@@ -846,6 +922,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         rows.append([f"callback lateness vs schedule, {key}", *lateness])
     out.append("Where the time goes (p50 / p99 ms of each leg; the legs' p50s need not add up):\n")
     out.append(markdown_table(["leg", *(r.scenario.name for r in results)], rows))
+    out.extend(quota_report(results))
     out.append(
         f"Clicks: {CLICK_MS:g} ms {CLICK_HZ:g} Hz bursts, {INTERVAL_S[0]:g}-{INTERVAL_S[1]:g} s"
         f" apart (seed {args.seed}); jitter proxy: U(0, {PROXY_JITTER_S * 1000:.0f} ms) per"
@@ -853,6 +930,47 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         " observer share this machine."
     )
     return "\n".join(out)
+
+
+def quota_report(results: list[Result]) -> list[str]:
+    """The runs under a CPU quota, and the smallest quota that held."""
+    runs = [r for r in results if r.scenario.quota is not None]
+    if not runs:
+        return []
+    rows = []
+    for r in runs:
+        lat = sorted(r.latencies_ms)
+        rows.append([
+            f"{r.scenario.quota:g} %", f"{r.floor_pct:.2f} %",
+            f"{r.cpu_pct.get('A', float('nan')):.2f} % / {r.cpu_pct.get('B', float('nan')):.2f} %",
+            f"{r.throttled_s:.1f} s", str(r.skipped.get("A in", "?")),
+            str(r.skipped.get("B out", "?")), f"{r.concealed_share():.2%}",
+            f"{len(lat)}/{r.clicks}", ms(percentile(lat, 99)) if lat else "-", verdict(r.holds()),
+        ])  # fmt: skip
+    held = [r.scenario.quota for r in runs if r.holds() and r.scenario.quota is not None]
+    return [
+        "Under a CPU quota (CFS bandwidth, 20 ms period; A and B each in their own group, 3A"
+        " on), next to the floor (Opus encode 50/s, decode 150/s and the 3A chain, its own"
+        " process, same window). Holds: no capture block of A skipped, <= "
+        f"{TARGET_QUOTA_CONCEALED:.1%} of B's played frames concealed, every click heard, p99"
+        f" <= {TARGET_QUOTA_P99_MS:.0f} ms. Smallest quota that held: "
+        + (f"**{min(held):g} %** of one core.\n" if held else "**none**.\n"),
+        markdown_table(
+            [
+                "quota",
+                "floor CPU",
+                "CPU A / B",
+                "throttled A+B",
+                "A capture skipped",
+                "B output skipped",
+                "B concealed",
+                "clicks heard",
+                "p99 ms",
+                "holds",
+            ],
+            rows,
+        ),
+    ]
 
 
 # --- main ----------------------------------------------------------------------------
@@ -869,7 +987,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the runs with A's audio.dtx flipped from its default",
     )
+    parser.add_argument(
+        "--cpu-quota", type=parse_quotas, default=None, metavar="P[,P...]",
+        help="instead of the scenarios: loopback with A and B under P %% of one core each",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.cpu_quota is not None and (why := quota_available()):
+        parser.error(f"--cpu-quota: {why}")
     if args.clicks is None:
         args.clicks = 40 if args.quick else 200
     if args.clicks < 2:
@@ -900,10 +1024,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     scenarios = [Scenario("loopback", "default", proxy=False)]
-    if not args.no_proxy:
+    if args.cpu_quota is not None:
+        scenarios = [
+            Scenario(f"loopback, quota {q:g} %", "default", proxy=False, quota=q)
+            for q in args.cpu_quota
+        ]
+    elif not args.no_proxy:
         scenarios.append(Scenario("jitter", "default", proxy=True))
-    scenarios.append(Scenario("low-cpu", "low-cpu", proxy=False))
-    if not args.no_diagnostics:
+    if args.cpu_quota is None:
+        scenarios.append(Scenario("low-cpu", "low-cpu", proxy=False))
+    if not args.no_diagnostics and args.cpu_quota is None:
         flipped = not AudioSettings().dtx
         dtx = f"DTX {'on' if flipped else 'off'}"
         scenarios.append(Scenario(f"loopback, {dtx}", "default", proxy=False, dtx=flipped))

@@ -625,7 +625,8 @@ class MockStream:
             self._serial = self._hw.trace.new_stream()
         if self._callback is not None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._pump, name="mock-pyaudio", daemon=True)
+            side = "in" if self._is_input else "out"  # told apart in per-thread CPU
+            self._thread = threading.Thread(target=self._pump, name=f"mock-pa-{side}", daemon=True)
             self._thread.start()
 
     def stop_stream(self) -> None:

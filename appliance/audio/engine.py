@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gochat.audio")
 
-SUPERVISE_S = 0.05
+SUPERVISE_S = 0.05  # while a stream is (re)opening or a spurt is ending
+STEADY_S = 0.5  # both sides as wanted: only a lost device to notice (20 -> 2 wake-ups/s)
 REOPEN_MIN_S = 0.5
 REOPEN_MAX_S = 10.0
 END_GRACE_S = 0.25  # how long a closing spurt may take to send its last block
@@ -209,9 +210,15 @@ class AudioEngine:
             except Exception:  # never let the audio thread die: report and retry
                 log.exception("audio supervisor error")
             self._update_report()
-            self._wake.wait(SUPERVISE_S)
+            self._wake.wait(STEADY_S if self._steady() else SUPERVISE_S)
             self._wake.clear()
         self._finish_spurt()
+
+    def _steady(self) -> bool:
+        """Nothing to do soon: playback open, capture open exactly when wanted, no spurt
+        ending. (Requests wake the supervisor at once; this only paces its polling.)"""
+        capture_as_wanted = self._capture.open == (self._publish_to is not None)
+        return self._playback.open and capture_as_wanted and self._end_deadline is None
 
     def _keep_playback(self, now: float) -> None:
         stream = self._playback

@@ -51,6 +51,7 @@ class Receiver:
         self._jitter_config = jitter or JitterConfig(period_ms=PLAYBACK_PERIOD_MS)
         self._clock = clock
         self._mixer = Mixer(PERIOD_SAMPLES)
+        self._silence = bytes(PERIOD_SAMPLES * 2)
         self._streams: dict[str, JitterBuffer] = {}
         self._lock = threading.Lock()  # writers only
         self._heard: frozenset[str] = frozenset()
@@ -106,9 +107,14 @@ class Receiver:
 
     def render(self) -> bytes:
         """One playback period of everyone heard, mixed (playback thread)."""
-        now = self._clock()
         streams = self._streams  # one read of the reference: a consistent snapshot
-        return self._mixer.mix(buffer.pull(now) for buffer in streams.values()).tobytes()
+        if not streams:
+            return self._silence  # nobody heard: no mix, no copy
+        now = self._clock()
+        blocks = [block for buffer in streams.values() if (block := buffer.pull(now)) is not None]
+        if not blocks:
+            return self._silence  # every stream idle (DTX, between spurts)
+        return self._mixer.mix(blocks).tobytes()
 
     def stats(self) -> ReceiveStats:
         """Counters over all streams, past and present."""

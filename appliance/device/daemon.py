@@ -87,7 +87,7 @@ from appliance.device.sound import open_sound
 from appliance.device.startup import RoomPlan
 from appliance.device.state import MachineConfig
 from appliance.device.status import Payload, StatusBoard, summary
-from appliance.service import notify, watchdog_interval_s
+from appliance.service import name_threads, notify, watchdog_interval_s
 
 log = logging.getLogger("gochat.device")
 
@@ -473,6 +473,7 @@ class Daemon:
         while True:
             await asyncio.sleep(AUDIO_REPORT_S)
             self.board.refresh()
+            name_threads()  # streams and their threads come and go
 
     def _audio_stats(self) -> AudioStats | None:
         return self.audio.stats() if self.audio is not None else None

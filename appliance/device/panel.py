@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpiozero import LED, Button
+from gpiozero import LED, DigitalInputDevice
 
 from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName, LedPattern, Leds
 from appliance.device.events import BUTTONS, ButtonName, Gesture
@@ -31,7 +31,6 @@ from appliance.device.gestures import GestureDetector
 EdgeSink = Callable[[ButtonName, bool, float], None]
 """Receives ``(button, pressed, monotonic_time)`` for every raw edge."""
 
-GPIOZERO_HOLD_S = 0.01
 FLASHES = 2
 DEFAULT_FLASH_S = 0.15
 """Half-period of a refusal flash: 3.3 Hz, unlike any steady pattern."""
@@ -96,18 +95,13 @@ class Panel:
             raise
 
     def _make_button(self, name: ButtonName, pin_factory: Any) -> Any:
-        # gpiozero's own hold timing is unused (our gestures time the hold); a short
-        # hold_time only keeps close() from waiting up to a second for gpiozero's hold
-        # thread when a button is held down at shutdown.
-        button = Button(
-            self.pins.button(name),
-            pull_up=True,
-            bounce_time=None,
-            hold_time=GPIOZERO_HOLD_S,
-            pin_factory=pin_factory,
+        # A plain input, not gpiozero's Button: our gestures time the hold, and Button's
+        # hold thread wakes 10 times a second per button for nothing.
+        button = DigitalInputDevice(
+            self.pins.button(name), pull_up=True, bounce_time=None, pin_factory=pin_factory
         )
-        button.when_pressed = self._forwarder(name, pressed=True)
-        button.when_released = self._forwarder(name, pressed=False)
+        button.when_activated = self._forwarder(name, pressed=True)
+        button.when_deactivated = self._forwarder(name, pressed=False)
         return button
 
     def _forwarder(self, name: ButtonName, *, pressed: bool) -> Callable[[], None]:
@@ -121,7 +115,7 @@ class Panel:
 
     def is_pressed(self, name: ButtonName) -> bool:
         """The raw (undebounced) state of button ``name``."""
-        return bool(self._buttons[name].is_pressed)
+        return bool(self._buttons[name].is_active)
 
     # ------------------------------------------------------------ LEDs
 
