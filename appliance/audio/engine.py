@@ -330,7 +330,7 @@ class AudioEngine:
             else:
                 self._speaking = chain.speaking
                 self._input_level = max(FLOOR_DBFS, round(chain.level_dbfs, 1))
-        going = self.sender.on_block(pcm)
+        going = self.sender.on_block(pcm, speaking=self._speaking)
         return None, self._pa_module.paContinue if going else self._pa_module.paComplete
 
     def _gate(self, pcm: np.ndarray, now: float, new_run: bool) -> None:
