@@ -175,6 +175,8 @@ class AudioEngine:
             frames_concealed=received.frames_concealed,
             frames_rejected=received.dropped_malformed,
             jitter_ms=round(received.jitter_ms, 1),
+            underrun_ms=round(received.underrun_ms, 1),
+            late_frames=received.late,
             speaking=capturing and self._speaking,
             input_level_dbfs=self._input_level if capturing else None,
         )

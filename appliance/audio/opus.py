@@ -230,6 +230,10 @@ class Encoder(_Native):
         or a comfort-noise update (a normal-sized packet sent every ~400 ms in DTX)."""
         return self._get(_GET_IN_DTX) != 0
 
+    def set_dtx(self, on: bool) -> None:
+        """Switch DTX on or off between frames."""
+        self._ctl(_SET_DTX, 1 if on else 0)
+
     def set_bitrate(self, bitrate: int) -> None:
         """Change the target bitrate (bits/s) between frames."""
         self._ctl(_SET_BITRATE, bitrate)

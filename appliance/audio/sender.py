@@ -4,15 +4,16 @@ Runs on PortAudio's capture thread and never touches the event loop: it encodes 
 the encoder's preallocated buffer and hands the packed frame to a thread-safe publish
 function (paho queues it for its network thread).
 
-Silence costs (almost) nothing with DTX on. Two things tell silence:
+Silence costs (almost) nothing with DTX on. A block is *quiet* when the local voice
+activity (the hands-free chain's ``speaking``, or the engine's level gate without the
+chain) is off and its level is under :data:`QUIET_DBFS`. Only quiet blocks may be
+dropped:
 
-* libopus's own DTX: after ~200 ms of what its voice detector calls silence it emits
-  packets of 1-2 bytes (never sent) and, every ~400 ms, a comfort-noise update;
-* the local voice activity (the hands-free chain's ``speaking``, or the engine's level
-  gate without the chain) together with the block's level: a steady noise floor that
-  libopus keeps coding as speech (pink noise at -45 dBFS in the room) is silence too
-  once nobody has spoken and the level stayed under :data:`QUIET_DBFS` for
-  :data:`SILENCE_AFTER_S`.
+* libopus's DTX is switched on for quiet blocks only (a loud steady tone is not speech
+  to its voice detector, but it is sound): after ~200 ms of silence it emits packets of
+  1-2 bytes (never sent) and, every ~400 ms, a comfort-noise update;
+* after :data:`SILENCE_AFTER_S` of quiet blocks, every packet is silence, also those of
+  a noise floor libopus keeps coding as speech (pink noise at -55 dBFS).
 
 In silence at most one packet a second goes out (:data:`SILENT_INTERVAL_S`). The first
 block that is speech, or merely loud, is sent at once: a spurt resumes with the packet
@@ -85,6 +86,7 @@ class Sender:
         self._ending = False
         self._spurt_ended_at: float | None = None
         self._dtx = dtx
+        self._encoder_dtx = dtx  # libopus's DTX switch: on for quiet blocks only
         self._silent_blocks = 0  # consecutive blocks without voice or sound
         self._silence_blocks = max(1, math.ceil(SILENCE_AFTER_S * 1000 / profile.frame_ms))
         self._interval = round(SILENT_INTERVAL_S * TIMESTAMP_RATE)
@@ -140,9 +142,13 @@ class Sender:
         if pcm.shape != (self.profile.frame_samples,):
             self.bad_blocks += 1
             return True
+        quiet = self._dtx and not speaking and _power(pcm) < _QUIET_POWER
+        if quiet != self._encoder_dtx:
+            self.encoder.set_dtx(quiet)
+            self._encoder_dtx = quiet
         packet = self.encoder.encode(pcm)
         ending = self._ending
-        if not ending and self._dtx and self._withhold(packet, pcm, speaking):
+        if not ending and self._dtx and self._withhold(packet, quiet):
             self.dtx_skipped += 1
             self._ts = (self._ts + self._step) & 0xFFFF_FFFF
             return True
@@ -161,14 +167,14 @@ class Sender:
             return False
         return True
 
-    def _withhold(self, packet: bytes, pcm: np.ndarray, speaking: bool) -> bool:
-        """Whether this packet is silence not to send (DTX on; O(1) but for one dot product)."""
-        if len(packet) <= _DTX_BYTES:
-            return True  # libopus: nothing to transmit
-        if speaking or _power(pcm) >= _QUIET_POWER:
+    def _withhold(self, packet: bytes, quiet: bool) -> bool:
+        """Whether this packet is silence not to send (DTX on)."""
+        if not quiet:
             self._silent_blocks = 0
             return False
         self._silent_blocks += 1
+        if len(packet) <= _DTX_BYTES:
+            return True  # libopus: nothing to transmit
         silent = self._silent_blocks > self._silence_blocks or self.encoder.in_dtx
         if not silent:
             return False

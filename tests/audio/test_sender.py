@@ -84,6 +84,14 @@ def test_speech_after_silence_is_sent_with_its_first_packet() -> None:
     assert not resumed.end  # ... and the pause is silence, not the end of a spurt
 
 
+def test_a_loud_steady_tone_is_sound_not_silence() -> None:
+    # libopus's own DTX calls a steady tone non-speech; nobody is speaking either, but
+    # it is loud: every block goes out.
+    sender, published = talking()
+    feed(sender, published, tone.sine(440, 48_000 * 3, amplitude=0.05), speaking=False)
+    assert len(published.sent) == 150
+
+
 def test_a_quiet_talker_the_voice_detector_hears_is_sent() -> None:
     sender, published = talking()
     feed(sender, published, np.zeros(48_000, np.int16), speaking=False)
