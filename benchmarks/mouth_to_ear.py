@@ -6,7 +6,8 @@ Run (from the repository root)::
     .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~2 min
 
 Options: ``--clicks N`` (per scenario), ``--quick``, ``--no-proxy`` (skip the jitter
-scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``. Prints
+scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--only NAME,...``
+(run just these scenarios), ``--seed``. Prints
 Markdown tables with the machine and the date; never fails on a missed target (exit
 0; 1 if the benchmark could not run; 130 on Ctrl-C).
 
@@ -61,9 +62,14 @@ by U(0, 30 ms) while keeping TCP's byte order: release = max(previous release,
 arrival + U(0, 30 ms))); ``low-cpu`` (A on the ``low-cpu`` profile: 16 kHz, 40 ms
 packets, so its floor is 20 ms higher; loopback). Diagnostics (``--no-diagnostics``
 skips them): ``loopback`` and ``jitter`` again with A's ``audio.dtx`` flipped from its
-default. With DTX on, A sends nothing in the silences between clicks, so every click
-starts a talk spurt and B's jitter buffer re-buffers for it; with DTX off the stream
-is continuous and the figures are the steady state.
+default. With DTX on, A sends (almost) nothing in the silences between clicks, so
+every click starts a talk spurt and B's jitter buffer re-buffers for it; with DTX off
+the stream is continuous and the figures are the steady state. ``chain off``: A with
+the hands-free chain's three stages off (the chain adds ~15 ms of its own).
+``DTX pauses``: clicks 0.8-1.6 s apart, so each one follows a full DTX silence
+(longer than the 400 ms after which A sends at most a packet a second); for these the
+report also gives A's packets per second in the silences (frames the observer got
+from 400 ms after a click until the next click, over that time).
 
 Targets (reported, never asserted): loopback p50 <= 50 ms and p99 <= 80 ms; through
 the jitter proxy p99 <= 120 ms with <= 1 % of B's received frames concealed (from B's
@@ -76,6 +82,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing as mp
 import queue
 import random
@@ -129,6 +136,8 @@ CLICK_MS = 5.0
 CLICK_HZ = 2_000.0
 CLICK_AMPLITUDE = 0.5
 INTERVAL_S = (0.25, 0.5)
+PAUSE_INTERVAL_S = (0.8, 1.6)  # "DTX pauses": every click after a full DTX silence
+SILENCE_AFTER_S = 0.4  # silent packet rate: counted from this long after a click
 PROXY_JITTER_S = 0.030
 LOOPBACK = Broker.host
 DETECT_MIN_GAIN = 0.2  # matched-filter peak / the click's own energy, to count as heard
@@ -171,6 +180,7 @@ class ClickTrack:
     starts: npt.NDArray[np.int64]
     template: _Float  # one click, float samples (int16 scale)
     seconds: float
+    longest_gap_s: float
 
 
 def click_template(rate: int = RATE) -> _Float:
@@ -180,20 +190,21 @@ def click_template(rate: int = RATE) -> _Float:
     return np.hanning(n) * np.sin(2 * np.pi * CLICK_HZ * t) * (CLICK_AMPLITUDE * 32767)
 
 
-def make_clicks(path: Path, count: int, seed: int, rate: int) -> ClickTrack:
+def make_clicks(
+    path: Path, count: int, seed: int, rate: int, intervals: tuple[float, float] = INTERVAL_S
+) -> ClickTrack:
     """Write the click WAV at ``rate``: lead-in, ``count`` clicks at random intervals, a tail.
 
     Random intervals (not a multiple of 20 ms) put the clicks at every offset in the
-    capture blocks. The file is written at the capture rate: the fake sound card
-    resamples any other rate by interpolating the *whole file* on every block (~11 ms
-    per block for an 80 s file at 16 kHz), which would make the capture callbacks late.
+    capture blocks. The file is written at the capture rate, so the fake sound card
+    has nothing to resample.
     """
     rng = np.random.default_rng(seed)
-    gaps = rng.uniform(*INTERVAL_S, size=count)
+    gaps = rng.uniform(*intervals, size=count)
     offsets = LEAD_IN_S + np.concatenate([[0.0], np.cumsum(gaps[:-1])])
     starts = np.round(offsets * rate).astype(np.int64)  # at the file's rate
     click = click_template(rate)
-    total = int(starts[-1] + len(click) + (INTERVAL_S[1] + TAIL_S) * rate)
+    total = int(starts[-1] + len(click) + (intervals[1] + TAIL_S) * rate)
     pcm = np.zeros(total, dtype=np.float64)
     for s in starts:
         pcm[s : s + len(click)] += click
@@ -202,7 +213,8 @@ def make_clicks(path: Path, count: int, seed: int, rate: int) -> ClickTrack:
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(np.round(pcm).astype("<i2").tobytes())
-    return ClickTrack(path, starts * (RATE // rate), click_template(), total / rate)
+    starts_at_rate = starts * (RATE // rate)
+    return ClickTrack(path, starts_at_rate, click_template(), total / rate, intervals[1])
 
 
 # --- the mock sound card's trace -----------------------------------------------------
@@ -492,6 +504,8 @@ class Scenario:
     profile: str  # A's profile
     proxy: bool
     dtx: bool | None = None  # A's audio.dtx; None: the appliance's default
+    chain: bool = True  # A's hands-free chain (all three stages) on or off
+    pauses: bool = False  # clicks PAUSE_INTERVAL_S apart instead of INTERVAL_S
 
     @property
     def slug(self) -> str:
@@ -516,6 +530,7 @@ class Result:
     phases_ms: list[float] = field(default_factory=list)
     late_callbacks_ms: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
+    silent_rate: tuple[int, float] | None = None  # A's frames, seconds of silence
 
 
 def floor_of(profile_name: str) -> tuple[float, int, float]:
@@ -544,7 +559,8 @@ def run_scenario(
     work = root / scenario.slug
     work.mkdir()
     capture_rate = PROFILES[cast(ProfileName, scenario.profile)].capture_rate
-    track = make_clicks(work / "clicks.wav", clicks, seed, capture_rate)
+    intervals = PAUSE_INTERVAL_S if scenario.pauses else INTERVAL_S
+    track = make_clicks(work / "clicks.wav", clicks, seed, capture_rate, intervals)
     floor_ms, packet_ms, alg_ms = floor_of(scenario.profile)
     result = Result(scenario, floor_ms, packet_ms, alg_ms, clicks)
     a_trace, b_trace = work / "a.trace", work / "b.trace"
@@ -560,6 +576,8 @@ def run_scenario(
     audio: dict[str, Any] = {"mock_input": str(track.path), "profile": scenario.profile}
     if scenario.dtx is not None:
         audio["dtx"] = scenario.dtx
+    if not scenario.chain:
+        audio.update(echo_cancellation=False, noise_suppression=False, auto_gain=False)
     a = DaemonProcess(
         broker, a_user, work, mode="host", subject=f"Mouth to ear ({scenario.name})",
         env={ENV_TRACE: str(a_trace)},
@@ -642,7 +660,7 @@ def new_phases(
     times A's capture was restarted.
     """
     starts = track.starts
-    end = float(starts[-1]) + (INTERVAL_S[1] + 0.3) * RATE
+    end = float(starts[-1]) + (track.longest_gap_s + 0.3) * RATE
     gaps = [
         (starts[i] + RESTART_AFTER_CLICK_S * RATE, starts[i + 1] - RESTART_BEFORE_CLICK_S * RATE)
         for i in range(len(starts) - 1)
@@ -729,6 +747,8 @@ def analyse(
             parts["receive"].append((b_called - loud[k]) * 1000)
             parts["output"].append((ear - b_called) * 1000)
     result.parts_ms = parts
+    if result.scenario.pauses:
+        result.silent_rate = silent_rate(mouths, received)
     if len(a_in) and len(b_out):
         period = PLAYBACK_PERIOD_MS / 1000
         starts = np.flatnonzero(np.diff(a_in.due, prepend=-1.0) > 1.5 * a_in.frames / a_in.rate)
@@ -737,6 +757,22 @@ def analyse(
         "A capture p99": percentile(sorted((a_in.called - a_in.due) * 1000), 99),
         "B playback p99": percentile(sorted((b_out.called - b_out.due) * 1000), 99),
     }
+
+
+def silent_rate(
+    mouths: list[tuple[float, int]], received: list[tuple[float, bytes]]
+) -> tuple[int, float]:
+    """A's frames seen from :data:`SILENCE_AFTER_S` after each click until the next click
+    (the mute toggles' end packets included), and the seconds of those silences."""
+    arrivals = np.asarray([t for t, _ in received], dtype=np.float64)
+    count, seconds = 0, 0.0
+    times = [m for m, block in mouths if block >= 0]
+    for start, end in itertools.pairwise(times):
+        lo = start + CLICK_MS / 1000 + SILENCE_AFTER_S
+        if end > lo:
+            count += int(np.count_nonzero((arrivals >= lo) & (arrivals < end)))
+            seconds += end - lo
+    return count, seconds
 
 
 # --- the report ----------------------------------------------------------------------
@@ -844,6 +880,19 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     for key in ("A capture p99", "B playback p99"):
         lateness = [ms(r.late_callbacks_ms.get(key, float("nan"))) for r in results]
         rows.append([f"callback lateness vs schedule, {key}", *lateness])
+    silent = [r for r in results if r.silent_rate is not None]
+    if silent:
+        rows = []
+        for r in silent:
+            assert r.silent_rate is not None
+            count, seconds = r.silent_rate
+            rate = count / seconds if seconds else float("nan")
+            rows.append([r.scenario.name, str(count), f"{seconds:.1f}", f"{rate:.2f}",
+                         "<= 1", verdict(rate <= 1.0)])  # fmt: skip
+        out.append(f"A's packets in silence ({SILENCE_AFTER_S * 1000:.0f} ms after a click on):\n")
+        out.append(
+            markdown_table(["scenario", "frames", "seconds", "packets/s", "target", "met"], rows)
+        )
     out.append("Where the time goes (p50 / p99 ms of each leg; the legs' p50s need not add up):\n")
     out.append(markdown_table(["leg", *(r.scenario.name for r in results)], rows))
     out.append(
@@ -869,6 +918,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the runs with A's audio.dtx flipped from its default",
     )
+    parser.add_argument("--only", default="", help="comma-separated scenario names to run")
     args = parser.parse_args(argv)
     if args.clicks is None:
         args.clicks = 40 if args.quick else 200
@@ -903,12 +953,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_proxy:
         scenarios.append(Scenario("jitter", "default", proxy=True))
     scenarios.append(Scenario("low-cpu", "low-cpu", proxy=False))
+    scenarios.append(Scenario("loopback, chain off", "default", proxy=False, chain=False))
+    scenarios.append(Scenario("DTX pauses", "default", proxy=False, pauses=True))
+    scenarios.append(
+        Scenario("DTX pauses, chain off", "default", proxy=False, chain=False, pauses=True)
+    )
     if not args.no_diagnostics:
         flipped = not AudioSettings().dtx
         dtx = f"DTX {'on' if flipped else 'off'}"
         scenarios.append(Scenario(f"loopback, {dtx}", "default", proxy=False, dtx=flipped))
         if not args.no_proxy:
             scenarios.append(Scenario(f"jitter, {dtx}", "default", proxy=True, dtx=flipped))
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        scenarios = [s for s in scenarios if s.name in wanted]
+        if not scenarios:
+            log(f"no scenario named {sorted(wanted)}")
+            return 1
     results: list[Result] = []
     try:
         with tempfile.TemporaryDirectory(prefix="gochat-m2e-") as tmp:
