@@ -6,8 +6,8 @@ Run (from the repository root)::
     .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~2 min
 
 Options: ``--clicks N`` (per scenario), ``--quick``, ``--no-proxy`` (skip the jitter
-scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--only NAME,...``
-(run just these scenarios), ``--seed``. Prints
+scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--only NAME``
+(run just this scenario; repeatable), ``--seed``. Prints
 Markdown tables with the machine and the date; never fails on a missed target (exit
 0; 1 if the benchmark could not run; 130 on Ctrl-C).
 
@@ -882,22 +882,25 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         rows.append([f"callback lateness vs schedule, {key}", *lateness])
     silent = [r for r in results if r.silent_rate is not None]
     if silent:
-        rows = []
+        silent_rows: list[list[str]] = []
         for r in silent:
             assert r.silent_rate is not None
             count, seconds = r.silent_rate
             rate = count / seconds if seconds else float("nan")
-            rows.append([r.scenario.name, str(count), f"{seconds:.1f}", f"{rate:.2f}",
+            silent_rows.append([r.scenario.name, str(count), f"{seconds:.1f}", f"{rate:.2f}",
                          "<= 1", verdict(rate <= 1.0)])  # fmt: skip
         out.append(f"A's packets in silence ({SILENCE_AFTER_S * 1000:.0f} ms after a click on):\n")
         out.append(
-            markdown_table(["scenario", "frames", "seconds", "packets/s", "target", "met"], rows)
+            markdown_table(
+                ["scenario", "frames", "seconds", "packets/s", "target", "met"], silent_rows
+            )
         )
     out.append("Where the time goes (p50 / p99 ms of each leg; the legs' p50s need not add up):\n")
     out.append(markdown_table(["leg", *(r.scenario.name for r in results)], rows))
     out.append(
         f"Clicks: {CLICK_MS:g} ms {CLICK_HZ:g} Hz bursts, {INTERVAL_S[0]:g}-{INTERVAL_S[1]:g} s"
-        f" apart (seed {args.seed}); jitter proxy: U(0, {PROXY_JITTER_S * 1000:.0f} ms) per"
+        f" apart ({PAUSE_INTERVAL_S[0]:g}-{PAUSE_INTERVAL_S[1]:g} s for DTX pauses; seed"
+        f" {args.seed}); jitter proxy: U(0, {PROXY_JITTER_S * 1000:.0f} ms) per"
         " chunk broker -> B, order kept. Broker, server, both daemons, the proxy and the"
         " observer share this machine."
     )
@@ -918,7 +921,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the runs with A's audio.dtx flipped from its default",
     )
-    parser.add_argument("--only", default="", help="comma-separated scenario names to run")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run this scenario (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.clicks is None:
         args.clicks = 40 if args.quick else 200
@@ -965,7 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_proxy:
             scenarios.append(Scenario(f"jitter, {dtx}", "default", proxy=True, dtx=flipped))
     if args.only:
-        wanted = {name.strip() for name in args.only.split(",")}
+        wanted = set(args.only)
         scenarios = [s for s in scenarios if s.name in wanted]
         if not scenarios:
             log(f"no scenario named {sorted(wanted)}")
