@@ -144,9 +144,9 @@ DETECT_MIN_GAIN = 0.2  # matched-filter peak / the click's own energy, to count 
 WINDOW_AFTER_S = 0.45  # search window after a click (capped before the next one)
 STATUS_POLL_S = 1.0
 CLICKS_PER_SPURT = 10  # A's mic is toggled after this many clicks: a new capture phase
-# Toggle only in a long enough silence, once B has played the click (a mute makes B
-# drop what it still buffers of A), well before the next one (WAV time: A's capture,
-# and the WAV with it, pauses while muted).
+# Toggle only in a long enough silence, once B has played the click (a mute ends B's
+# stream of A once it has played out), well before the next one (WAV time: A's
+# capture, and the WAV with it, pauses while muted).
 RESTART_GAP_S = 0.35
 RESTART_AFTER_CLICK_S = 0.2
 RESTART_BEFORE_CLICK_S = 0.06
