@@ -21,8 +21,10 @@ How playout works
   after a loss so that in-band FEC has its next packet. It is *not* rounded up to whole
   packets: with 1 ms of jitter that would cost a whole packet (+20 ms) at the start of
   every talk spurt. A stream starts playing once it holds the target, or the spurt's
-  end, or once its first packet has waited the target less one packet: a spurt waits
-  ``jitter_factor`` x J for its first packet, not a packet more.
+  end, or once its first packet is the target less one packet behind the *transit
+  floor* (the least recent arrival time less timestamp): a spurt waits
+  ``jitter_factor`` x J for its first packet, not a packet more, and less by what that
+  packet was late already, so a resumed talker plays at the usual delay.
 * **Underrun** (nothing here to play, but no loss seen either): Opus PLC fills in and the
   playout waits for the packet, which adds delay; after ``max_underrun_ms`` the stream
   fades out and waits idle (a long silence), then re-buffers and resyncs on the next
@@ -70,6 +72,7 @@ _MASK_BITS: Final = 64  # how many played sequence numbers we remember (duplicat
 _MASK: Final = (1 << _MASK_BITS) - 1
 _RFC3550_GAIN: Final = 1 / 16
 _TOLERANCE: Final = 0.01  # of a packet
+_FLOOR_RISE: Final = _MS // 2  # per packet: how fast the transit floor follows a slower path
 
 _Int16Array = npt.NDArray[np.int16]
 
@@ -298,6 +301,9 @@ class JitterBuffer:
         self._win_min = math.inf
         self._win_elapsed = 0
         self._last_transit = None
+        self._transit_floor: float | None = None  # the least recent transit (samples)
+        self._lateness = 0.0  # the latest packet's transit above that floor
+        self._first_late = 0.0  # ... of the packet a spurt started on
         self._restart_pending = False
         self._fec_stream = False  # the sender marks FEC
         self._last_loss_seq = -(1 << 62)
@@ -334,6 +340,7 @@ class JitterBuffer:
             self._state = StreamState.BUFFERING
             self._next_seq, self._end_ts = seq, ts
             self._first_arrival = now
+            self._first_late = self._lateness
             self._end_buffered = False
         elif self._state is StreamState.BUFFERING and seq < self._next_seq:
             self._next_seq, self._end_ts = seq, ts
@@ -364,12 +371,17 @@ class JitterBuffer:
         return limit is not None and seq < limit
 
     def _update_jitter(self, ts: int, now: float) -> None:
-        """RFC 3550 section 6.4.1: J += (|D| - J) / 16, in timestamp units."""
+        """RFC 3550 section 6.4.1: J += (|D| - J) / 16, in timestamp units; and how late
+        this packet is against the transit floor (the least recent transit, which
+        rises by :data:`_FLOOR_RISE` a packet so that it follows a slower path)."""
         transit = now * RATE - ts
         if self._last_transit is not None:
             d = abs(transit - self._last_transit)
             self._jitter += (d - self._jitter) * _RFC3550_GAIN
         self._last_transit = transit
+        floor = self._transit_floor
+        self._lateness = 0.0 if floor is None else max(0.0, transit - floor)
+        self._transit_floor = transit if floor is None else min(transit, floor + _FLOOR_RISE)
 
     def _enforce_cap(self) -> None:
         """Past the cap, drop the oldest packets until the depth is back at target."""
@@ -473,10 +485,12 @@ class JitterBuffer:
                 return step
 
     def _ready(self, now: float) -> bool:
-        """The buffer holds the target, or its first packet has waited the margin over
-        one packet (what a steady stream's packet waits at that target)."""
+        """The buffer holds the target, or its first packet is the margin over one
+        packet behind the transit floor: it waited that long, or came that much late
+        already (so a spurt whose first packet was delayed does not also wait the whole
+        margin on top: playout keeps one delay against the sender's clock)."""
         target = self._target()
-        waited = (now - self._first_arrival) * RATE
+        waited = (now - self._first_arrival) * RATE + self._first_late
         return (
             self._high_end - self._end_ts >= target
             or self._end_buffered
@@ -564,6 +578,9 @@ class JitterBuffer:
         if self._ended:
             self._state = StreamState.IDLE
             self._decoder_stale = True
+            # After a mute the sender's timestamp resumes rounded to a packet: the old
+            # transit floor no longer says when a packet is late.
+            self._transit_floor = None
             return None
         samples = -(-need // _GRANULE) * _GRANULE
         self._underrun_run += samples

@@ -644,3 +644,22 @@ def simulate_10ms(jb: JitterBuffer, arrivals: list[tuple[float, AudioFrame]], un
             k += 1
         jb.pull(now)
         now = round(now + 0.010, 6)
+
+
+def test_a_spurt_whose_first_packet_came_late_does_not_wait_the_margin_on_top(
+    opus_stream: Stream,
+) -> None:
+    # Steady 2 ms jitter (a 6 ms margin), a DTX pause, and the resumed spurt's first
+    # packet 6 ms late: it has used up most of the margin on its way already.
+    frames = opus_stream(100)
+    arrivals = _spurts(frames, 50, pause_s=0.6, wobble_s=0.002)
+    on_time_at = arrivals[50][0]
+    arrivals[50] = (on_time_at + 0.006, arrivals[50][1])
+    jb = JitterBuffer(JitterConfig(period_ms=10))
+    starts = _first_sound(jb, arrivals, until=3.0)
+    s = jb.stats()
+    assert len(starts) == 2
+    margin = s.target_ms - 20
+    assert 5 <= margin <= 10
+    assert starts[1] - on_time_at <= margin / 1000 + 0.010  # one delay against the sender
+    assert (s.played, s.concealed, s.late) == (100, 0, 0)
