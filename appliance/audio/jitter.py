@@ -33,7 +33,7 @@ How playout works
   send), only the rest was an underrun.
 * **The decoder is reset** before the first packet after silence or idleness: after
   concealment Opus fades its next packet in from the concealed level, which made the
-  first packet of every talk spurt ~6.5 dB quiet.
+  first packet of every talk spurt ~5 dB quiet (5.2 dB after 5 ms, on a tone).
 * **Shrinking**: when the depth has stayed a packet or more above target for a whole
   ``adapt_window_ms``, one packet is skipped between a 5 ms fade-out and fade-in. The
   **hard cap** (200 ms) drops the oldest packets at once, back to the target.

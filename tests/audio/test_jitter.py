@@ -601,7 +601,7 @@ def test_a_stream_starts_once_its_first_packet_waited_the_margin(opus_stream: St
 
 
 def test_the_first_packet_after_silence_is_not_attenuated(opus_stream: Stream) -> None:
-    # After concealment Opus ramps its next packet up from the concealed level (-6.5 dB);
+    # After concealment Opus ramps its next packet up from the concealed level (-5 dB);
     # a spurt after silence must come out as a fresh decoder makes it.
     frames = opus_stream(60)
     resumed_spurt = [replace(f, seq=f.seq - 20) for f in frames[40:]]  # 400 ms of DTX
