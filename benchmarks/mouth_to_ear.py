@@ -6,7 +6,8 @@ Run (from the repository root)::
     .venv/bin/python -m benchmarks.mouth_to_ear --quick    # 40 clicks per scenario, ~2 min
 
 Options: ``--clicks N`` (per scenario), ``--quick``, ``--no-proxy`` (skip the jitter
-scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--seed``,
+scenarios), ``--no-diagnostics`` (skip the runs with DTX flipped), ``--only NAME``
+(run just this scenario; repeatable), ``--seed``,
 ``--cpu-quota P[,P...]`` (instead of the scenarios: loopback with A and B each under a
 CFS quota of P % of one core, 20 ms period, 3A on, next to the codec floor's CPU in the
 same window; a quota holds when no capture block of A is skipped, <= 0.5 % of B's
@@ -65,9 +66,14 @@ by U(0, 30 ms) while keeping TCP's byte order: release = max(previous release,
 arrival + U(0, 30 ms))); ``low-cpu`` (A on the ``low-cpu`` profile: 16 kHz, 40 ms
 packets, so its floor is 20 ms higher; loopback). Diagnostics (``--no-diagnostics``
 skips them): ``loopback`` and ``jitter`` again with A's ``audio.dtx`` flipped from its
-default. With DTX on, A sends nothing in the silences between clicks, so every click
-starts a talk spurt and B's jitter buffer re-buffers for it; with DTX off the stream
-is continuous and the figures are the steady state.
+default. With DTX on, A sends (almost) nothing in the silences between clicks, so
+every click starts a talk spurt and B's jitter buffer re-buffers for it; with DTX off
+the stream is continuous and the figures are the steady state. ``chain off``: A with
+the hands-free chain's three stages off (the chain adds ~15 ms of its own).
+``DTX pauses``: clicks 0.8-1.6 s apart, so each one follows a full DTX silence
+(longer than the 400 ms after which A sends at most a packet a second); for these the
+report also gives A's packets per second in the silences (frames the observer got
+from 400 ms after a click until the next click, over that time).
 
 Targets (reported, never asserted): loopback p50 <= 50 ms and p99 <= 80 ms; through
 the jitter proxy p99 <= 120 ms with <= 1 % of B's received frames concealed (from B's
@@ -80,6 +86,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import queue
@@ -135,15 +142,17 @@ CLICK_MS = 5.0
 CLICK_HZ = 2_000.0
 CLICK_AMPLITUDE = 0.5
 INTERVAL_S = (0.25, 0.5)
+PAUSE_INTERVAL_S = (0.8, 1.6)  # "DTX pauses": every click after a full DTX silence
+SILENCE_AFTER_S = 0.4  # silent packet rate: counted from this long after a click
 PROXY_JITTER_S = 0.030
 LOOPBACK = Broker.host
 DETECT_MIN_GAIN = 0.2  # matched-filter peak / the click's own energy, to count as heard
 WINDOW_AFTER_S = 0.45  # search window after a click (capped before the next one)
 STATUS_POLL_S = 1.0
 CLICKS_PER_SPURT = 10  # A's mic is toggled after this many clicks: a new capture phase
-# Toggle only in a long enough silence, once B has played the click (a mute makes B
-# drop what it still buffers of A), well before the next one (WAV time: A's capture,
-# and the WAV with it, pauses while muted).
+# Toggle only in a long enough silence, once B has played the click (a mute ends B's
+# stream of A once it has played out), well before the next one (WAV time: A's
+# capture, and the WAV with it, pauses while muted).
 RESTART_GAP_S = 0.35
 RESTART_AFTER_CLICK_S = 0.2
 RESTART_BEFORE_CLICK_S = 0.06
@@ -179,6 +188,7 @@ class ClickTrack:
     starts: npt.NDArray[np.int64]
     template: _Float  # one click, float samples (int16 scale)
     seconds: float
+    longest_gap_s: float
 
 
 def click_template(rate: int = RATE) -> _Float:
@@ -188,20 +198,21 @@ def click_template(rate: int = RATE) -> _Float:
     return np.hanning(n) * np.sin(2 * np.pi * CLICK_HZ * t) * (CLICK_AMPLITUDE * 32767)
 
 
-def make_clicks(path: Path, count: int, seed: int, rate: int) -> ClickTrack:
+def make_clicks(
+    path: Path, count: int, seed: int, rate: int, intervals: tuple[float, float] = INTERVAL_S
+) -> ClickTrack:
     """Write the click WAV at ``rate``: lead-in, ``count`` clicks at random intervals, a tail.
 
     Random intervals (not a multiple of 20 ms) put the clicks at every offset in the
-    capture blocks. The file is written at the capture rate: the fake sound card
-    resamples any other rate by interpolating the *whole file* on every block (~11 ms
-    per block for an 80 s file at 16 kHz), which would make the capture callbacks late.
+    capture blocks. The file is written at the capture rate, so the fake sound card
+    has nothing to resample.
     """
     rng = np.random.default_rng(seed)
-    gaps = rng.uniform(*INTERVAL_S, size=count)
+    gaps = rng.uniform(*intervals, size=count)
     offsets = LEAD_IN_S + np.concatenate([[0.0], np.cumsum(gaps[:-1])])
     starts = np.round(offsets * rate).astype(np.int64)  # at the file's rate
     click = click_template(rate)
-    total = int(starts[-1] + len(click) + (INTERVAL_S[1] + TAIL_S) * rate)
+    total = int(starts[-1] + len(click) + (intervals[1] + TAIL_S) * rate)
     pcm = np.zeros(total, dtype=np.float64)
     for s in starts:
         pcm[s : s + len(click)] += click
@@ -210,7 +221,8 @@ def make_clicks(path: Path, count: int, seed: int, rate: int) -> ClickTrack:
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(np.round(pcm).astype("<i2").tobytes())
-    return ClickTrack(path, starts * (RATE // rate), click_template(), total / rate)
+    starts_at_rate = starts * (RATE // rate)
+    return ClickTrack(path, starts_at_rate, click_template(), total / rate, intervals[1])
 
 
 # --- the mock sound card's trace -----------------------------------------------------
@@ -501,6 +513,8 @@ class Scenario:
     proxy: bool
     dtx: bool | None = None  # A's audio.dtx; None: the appliance's default
     quota: float | None = None  # A and B each under a CPU quota of this % of one core
+    chain: bool = True  # A's hands-free chain (all three stages) on or off
+    pauses: bool = False  # clicks PAUSE_INTERVAL_S apart instead of INTERVAL_S
 
     @property
     def slug(self) -> str:
@@ -548,6 +562,8 @@ class Result:
             and percentile(lat, 99) <= TARGET_QUOTA_P99_MS
         )
 
+    silent_rate: tuple[int, float] | None = None  # A's frames, seconds of silence
+
 
 def floor_of(profile_name: str) -> tuple[float, int, float]:
     """(floor ms, packet ms, Opus algorithmic delay ms) of a profile, from the engine's
@@ -559,6 +575,16 @@ def floor_of(profile_name: str) -> tuple[float, int, float]:
     finally:
         sender.close()
     return profile.frame_ms + delay + PLAYBACK_PERIOD_MS, profile.frame_ms, delay
+
+
+def talker_audio(scenario: Scenario, track: Path) -> dict[str, Any]:
+    """A's ``[audio]`` settings for ``scenario``: the click track and the switches."""
+    audio: dict[str, Any] = {"mock_input": str(track), "profile": scenario.profile}
+    if scenario.dtx is not None:
+        audio["dtx"] = scenario.dtx
+    if not scenario.chain:
+        audio.update(echo_cancellation=False, noise_suppression=False, auto_gain=False)
+    return audio
 
 
 def run_scenario(
@@ -575,7 +601,8 @@ def run_scenario(
     work = root / scenario.slug
     work.mkdir()
     capture_rate = PROFILES[cast(ProfileName, scenario.profile)].capture_rate
-    track = make_clicks(work / "clicks.wav", clicks, seed, capture_rate)
+    intervals = PAUSE_INTERVAL_S if scenario.pauses else INTERVAL_S
+    track = make_clicks(work / "clicks.wav", clicks, seed, capture_rate, intervals)
     floor_ms, packet_ms, alg_ms = floor_of(scenario.profile)
     result = Result(scenario, floor_ms, packet_ms, alg_ms, clicks)
     a_trace, b_trace = work / "a.trace", work / "b.trace"
@@ -588,13 +615,10 @@ def run_scenario(
         stack.callback(proxy.stop)
         b_env["GOCHAT_BROKER__PORT"] = str(proxy.port)  # overrides the config file
 
-    audio: dict[str, Any] = {"mock_input": str(track.path), "profile": scenario.profile}
-    if scenario.dtx is not None:
-        audio["dtx"] = scenario.dtx
     a = DaemonProcess(
         broker, a_user, work, mode="host", subject=f"Mouth to ear ({scenario.name})",
         env={ENV_TRACE: str(a_trace)},
-        audio=audio,
+        audio=talker_audio(scenario, track.path),
     )  # fmt: skip
     stack.callback(a.close)
     a.start()
@@ -699,7 +723,7 @@ def new_phases(
     times A's capture was restarted.
     """
     starts = track.starts
-    end = float(starts[-1]) + (INTERVAL_S[1] + 0.3) * RATE
+    end = float(starts[-1]) + (track.longest_gap_s + 0.3) * RATE
     gaps = [
         (starts[i] + RESTART_AFTER_CLICK_S * RATE, starts[i + 1] - RESTART_BEFORE_CLICK_S * RATE)
         for i in range(len(starts) - 1)
@@ -786,6 +810,8 @@ def analyse(
             parts["receive"].append((b_called - loud[k]) * 1000)
             parts["output"].append((ear - b_called) * 1000)
     result.parts_ms = parts
+    if result.scenario.pauses:
+        result.silent_rate = silent_rate(mouths, received)
     if len(a_in) and len(b_out):
         period = PLAYBACK_PERIOD_MS / 1000
         starts = np.flatnonzero(np.diff(a_in.due, prepend=-1.0) > 1.5 * a_in.frames / a_in.rate)
@@ -813,6 +839,22 @@ def skipped_blocks(path: Path, direction: str) -> int:
             skipped += max(0, round((due - last[stream]) / period) - 1)
         last[stream] = due
     return skipped
+
+
+def silent_rate(
+    mouths: list[tuple[float, int]], received: list[tuple[float, bytes]]
+) -> tuple[int, float]:
+    """A's frames seen from :data:`SILENCE_AFTER_S` after each click until the next click
+    (the mute toggles' end packets included), and the seconds of those silences."""
+    arrivals = np.asarray([t for t, _ in received], dtype=np.float64)
+    count, seconds = 0, 0.0
+    times = [m for m, block in mouths if block >= 0]
+    for start, end in itertools.pairwise(times):
+        lo = start + CLICK_MS / 1000 + SILENCE_AFTER_S
+        if end > lo:
+            count += int(np.count_nonzero((arrivals >= lo) & (arrivals < end)))
+            seconds += end - lo
+    return count, seconds
 
 
 # --- the report ----------------------------------------------------------------------
@@ -920,12 +962,28 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     for key in ("A capture p99", "B playback p99"):
         lateness = [ms(r.late_callbacks_ms.get(key, float("nan"))) for r in results]
         rows.append([f"callback lateness vs schedule, {key}", *lateness])
+    silent = [r for r in results if r.silent_rate is not None]
+    if silent:
+        silent_rows: list[list[str]] = []
+        for r in silent:
+            assert r.silent_rate is not None
+            count, seconds = r.silent_rate
+            rate = count / seconds if seconds else float("nan")
+            silent_rows.append([r.scenario.name, str(count), f"{seconds:.1f}", f"{rate:.2f}",
+                         "<= 1", verdict(rate <= 1.0)])  # fmt: skip
+        out.append(f"A's packets in silence ({SILENCE_AFTER_S * 1000:.0f} ms after a click on):\n")
+        out.append(
+            markdown_table(
+                ["scenario", "frames", "seconds", "packets/s", "target", "met"], silent_rows
+            )
+        )
     out.append("Where the time goes (p50 / p99 ms of each leg; the legs' p50s need not add up):\n")
     out.append(markdown_table(["leg", *(r.scenario.name for r in results)], rows))
     out.extend(quota_report(results))
     out.append(
         f"Clicks: {CLICK_MS:g} ms {CLICK_HZ:g} Hz bursts, {INTERVAL_S[0]:g}-{INTERVAL_S[1]:g} s"
-        f" apart (seed {args.seed}); jitter proxy: U(0, {PROXY_JITTER_S * 1000:.0f} ms) per"
+        f" apart ({PAUSE_INTERVAL_S[0]:g}-{PAUSE_INTERVAL_S[1]:g} s for DTX pauses; seed"
+        f" {args.seed}); jitter proxy: U(0, {PROXY_JITTER_S * 1000:.0f} ms) per"
         " chunk broker -> B, order kept. Broker, server, both daemons, the proxy and the"
         " observer share this machine."
     )
@@ -991,6 +1049,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cpu-quota", type=parse_quotas, default=None, metavar="P[,P...]",
         help="instead of the scenarios: loopback with A and B under P %% of one core each",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", action="append", default=[], help="run this scenario (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.cpu_quota is not None and (why := quota_available()):
         parser.error(f"--cpu-quota: {why}")
@@ -1033,12 +1094,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios.append(Scenario("jitter", "default", proxy=True))
     if args.cpu_quota is None:
         scenarios.append(Scenario("low-cpu", "low-cpu", proxy=False))
+        scenarios.append(Scenario("loopback, chain off", "default", proxy=False, chain=False))
+        scenarios.append(Scenario("DTX pauses", "default", proxy=False, pauses=True))
+        scenarios.append(
+            Scenario("DTX pauses, chain off", "default", proxy=False, chain=False, pauses=True)
+        )
     if not args.no_diagnostics and args.cpu_quota is None:
         flipped = not AudioSettings().dtx
         dtx = f"DTX {'on' if flipped else 'off'}"
         scenarios.append(Scenario(f"loopback, {dtx}", "default", proxy=False, dtx=flipped))
         if not args.no_proxy:
             scenarios.append(Scenario(f"jitter, {dtx}", "default", proxy=True, dtx=flipped))
+    if args.only:
+        wanted = set(args.only)
+        scenarios = [s for s in scenarios if s.name in wanted]
+        if not scenarios:
+            log(f"no scenario named {sorted(wanted)}")
+            return 1
     results: list[Result] = []
     try:
         with tempfile.TemporaryDirectory(prefix="gochat-m2e-") as tmp:

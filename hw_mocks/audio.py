@@ -12,7 +12,8 @@ Choices (documented because tests rely on them):
 
 * A WAV input plays **once, then silence** (a microphone in a quiet room), unless
   written ``loop:<path>``. Its samples are mixed to mono and resampled (linearly) to the
-  stream's rate.
+  stream's rate, once per rate: every block is then a slice (resampling the whole file
+  for each block cost the capture thread more than the Opus encoder).
 * The output WAV (16-bit mono at the first output stream's rate, 48 kHz normally) is
   written **incrementally**: after every block its header is rewritten with the current
   sizes and the file is flushed, so a process killed at any moment leaves a readable
@@ -162,27 +163,39 @@ class WavSource:
         self.samples, self.rate = read_wav_mono(self.path)
         self._pos = 0.0  # in the file's samples; shared by every stream that reads
         self._lock = threading.Lock()
+        self._at_rate: dict[int, _Int16Array] = {self.rate: self.samples}
+        self.resamplings = 0
+        """How many times the file was resampled (once per stream rate)."""
 
     def read(self, n: int, rate: int) -> _Int16Array:
         """The next ``n`` samples as heard at ``rate``."""
+        data = self._resampled(rate)
         step = self.rate / rate
         with self._lock:
-            positions = self._pos + np.arange(n) * step
+            start = round(self._pos / step)
             self._pos += n * step
             if self.loop and len(self.samples):
                 self._pos %= len(self.samples)
-        total = len(self.samples)
+        total = len(data)
         if self.loop and total:
-            positions %= total
-        if step == 1.0:
-            idx = positions.astype(np.int64)
-            block = np.zeros(n, dtype=np.int16)
-            ok = idx < total
-            block[ok] = self.samples[idx[ok]]
-            return block
-        data = self.samples.astype(np.float64)
-        resampled: npt.NDArray[np.float64] = np.interp(positions, np.arange(total), data, right=0.0)
-        return np.round(resampled).astype(np.int16)
+            return data[(start + np.arange(n)) % total]
+        block = np.zeros(n, dtype=np.int16)
+        part = data[start : start + n]
+        block[: len(part)] = part
+        return block
+
+    def _resampled(self, rate: int) -> _Int16Array:
+        """The whole file at ``rate`` (computed on first use)."""
+        data = self._at_rate.get(rate)
+        if data is None:
+            total = len(self.samples)
+            positions = np.arange(round(total * rate / self.rate)) * (self.rate / rate)
+            source = self.samples.astype(np.float64)
+            resampled = np.interp(positions, np.arange(total), source, right=0.0)
+            data = np.round(resampled).astype(np.int16)
+            self._at_rate[rate] = data
+            self.resamplings += 1
+        return data
 
 
 def read_wav_mono(path: Path | str) -> tuple[_Int16Array, int]:

@@ -219,6 +219,7 @@ class InProcessDaemon:
         subject: str = "",
         room_id: str = "",
         cert: bool = False,
+        edge_clock: Callable[[], float] | None = None,
         **sections: Mapping[str, Any],
     ) -> None:
         self.user = user
@@ -242,15 +243,36 @@ class InProcessDaemon:
             noise_spec=self.settings.audio.mock_noise,
             output_keep_s=self.settings.audio.mock_output_keep_s,
         )
-        hardware = Hardware(pin_factory=gpio.mock_factory(), pyaudio=card)
+        hardware = Hardware(pin_factory=gpio.mock_factory(), pyaudio=card, edge_clock=edge_clock)
         self.daemon = Daemon(self.settings, hardware=hardware, install_signals=False)
         self.factory = self.daemon.pin_factory
         self.pins = self.daemon.pins
         self._result: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._main, name=f"daemon-{user}", daemon=True)
 
     def _main(self) -> None:
-        self._result.append(asyncio.run(self.daemon.run()))
+        self._result.append(asyncio.run(self._run()))
+
+    async def _run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        return await self.daemon.run()
+
+    def on_loop(self, action: Callable[[], None], timeout_s: float = 5.0) -> None:
+        """Run ``action`` on the daemon's event loop, in one go, and wait for it: no
+        other callback or timer of the loop runs in between."""
+        assert self._loop is not None, "not started"
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"{self.user}: the loop did not run the action")
 
     def start(self, *, wait_ready: bool = True, timeout_s: float = 10.0) -> InProcessDaemon:
         self._thread.start()

@@ -181,6 +181,8 @@ class AudioEngine:
             frames_concealed=received.frames_concealed,
             frames_rejected=received.dropped_malformed,
             jitter_ms=round(received.jitter_ms, 1),
+            underrun_ms=round(received.underrun_ms, 1),
+            late_frames=received.late,
             speaking=capturing and self._speaking,
             input_level_dbfs=self._input_level if capturing else None,
         )
@@ -346,7 +348,7 @@ class AudioEngine:
             else:
                 self._speaking = chain.speaking
                 self._input_level = max(FLOOR_DBFS, round(chain.level_dbfs, 1))
-        going = self.sender.on_block(pcm)
+        going = self.sender.on_block(pcm, speaking=self._speaking)
         return None, self._pa_module.paContinue if going else self._pa_module.paComplete
 
     def _gate(self, pcm: np.ndarray, now: float, new_run: bool) -> None:

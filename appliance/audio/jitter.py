@@ -16,18 +16,27 @@ How playout works
   played for it (entered through 5 ms of PLC faded out, left with a fade-in) and the
   gap is where the delay adapts: it is shortened or lengthened so the buffer leaves the
   silence at its target depth.
-* **Target depth** is 1-3 packets (configurable): one packet plus ``jitter_factor`` x
-  the RFC 3550 interarrival jitter, rounded up to whole packets, and at least two for a
-  while after a loss so that in-band FEC has its next packet. A stream starts playing
-  once its buffer holds the target (or the talk spurt's end, or after waiting one
-  target).
+* **Target depth** is one packet plus ``jitter_factor`` x the RFC 3550 interarrival
+  jitter, kept between 1 and 3 packets (configurable), and at least two for a while
+  after a loss so that in-band FEC has its next packet. It is *not* rounded up to whole
+  packets: with 1 ms of jitter that would cost a whole packet (+20 ms) at the start of
+  every talk spurt. A stream starts playing once it holds the target, or the spurt's
+  end, or once its first packet is the target less one packet behind the *transit
+  floor* (the least recent arrival time less timestamp): a spurt waits
+  ``jitter_factor`` x J for its first packet, not a packet more, and less by what that
+  packet was late already, so a resumed talker plays at the usual delay.
 * **Underrun** (nothing here to play, but no loss seen either): Opus PLC fills in and the
   playout waits for the packet, which adds delay; after ``max_underrun_ms`` the stream
   fades out and waits idle (a long silence), then re-buffers and resyncs on the next
-  packet.
-* **Shrinking**: when the depth has stayed above target for a whole ``adapt_window_ms``,
-  one packet is skipped between a 5 ms fade-out and fade-in. The **hard cap** (200 ms)
-  drops the oldest packets at once, back to the target.
+  packet. The wait is counted in ``underrun_ms`` once the next packet tells what it
+  was: the part its timestamp gap covers was DTX silence (the sender had nothing to
+  send), only the rest was an underrun.
+* **The decoder is reset** before the first packet after silence or idleness: after
+  concealment Opus fades its next packet in from the concealed level, which made the
+  first packet of every talk spurt ~5 dB quiet (5.2 dB after 5 ms, on a tone).
+* **Shrinking**: when the depth has stayed a packet or more above target for a whole
+  ``adapt_window_ms``, one packet is skipped between a 5 ms fade-out and fade-in. The
+  **hard cap** (200 ms) drops the oldest packets at once, back to the target.
 * **The end-of-spurt flag** (bit 1) ends the stream cleanly with a fade-out and no PLC
   tail; every (re)start fades in.
 * Any packet duration (10/20/40/60 ms) and any encoder rate: the decoder outputs 48 kHz
@@ -63,6 +72,7 @@ _MASK_BITS: Final = 64  # how many played sequence numbers we remember (duplicat
 _MASK: Final = (1 << _MASK_BITS) - 1
 _RFC3550_GAIN: Final = 1 / 16
 _TOLERANCE: Final = 0.01  # of a packet
+_FLOOR_RISE: Final = _MS // 2  # per packet: how fast the transit floor follows a slower path
 
 _Int16Array = npt.NDArray[np.int16]
 
@@ -78,7 +88,7 @@ class JitterConfig:
     cap_ms: int = 200
     """Hard cap on buffered audio; beyond it the oldest packets are dropped."""
     jitter_factor: float = 3.0
-    """Target depth = one packet + this x the RFC 3550 jitter, rounded up to packets."""
+    """Target depth = one packet + this x the RFC 3550 jitter (in samples, not packets)."""
     max_underrun_ms: int = 100
     """How long PLC may stand in for a packet that has not come before going idle."""
     adapt_window_ms: int = 1000
@@ -155,6 +165,7 @@ class _Step(NamedTuple):
     fade_in: bool = False
     fade_out: bool = False
     trim: int = 0
+    reset: bool = False  # reset the decoder first: the packet follows silence
 
 
 class JitterBuffer:
@@ -180,6 +191,7 @@ class JitterBuffer:
         self._played = self._concealed = self._fec = self._compressed = 0
         self._decode_errors = 0
         self._underrun_samples = 0
+        self._pending_underrun = 0  # PLC played while waiting; DTX or underrun, to be told
         self._jitter = 0.0  # RFC 3550 J, in 48 kHz samples
         self._last_transit: float | None = None
         self._new_stream()
@@ -199,6 +211,7 @@ class JitterBuffer:
     def reset(self) -> None:
         """Forget the stream (its speaker left): buffered audio is dropped, counters kept."""
         with self._lock:
+            self._settle_underrun(0)
             self._new_stream()
             self._restart_pending = True
 
@@ -288,9 +301,13 @@ class JitterBuffer:
         self._win_min = math.inf
         self._win_elapsed = 0
         self._last_transit = None
+        self._transit_floor: float | None = None  # the least recent transit (samples)
+        self._lateness = 0.0  # the latest packet's transit above that floor
+        self._first_late = 0.0  # ... of the packet a spurt started on
         self._restart_pending = False
         self._fec_stream = False  # the sender marks FEC
         self._last_loss_seq = -(1 << 62)
+        self._decoder_stale = False  # silence or PLC was played since the last decode
 
     def _push_locked(self, frame: AudioFrame, samples: int, fec_samples: int, now: float) -> None:
         if self._high_seq is None:
@@ -298,6 +315,7 @@ class JitterBuffer:
         seq = self._high_seq + seq_delta(frame.seq, self._high_seq & 0xFFFF)
         ts = self._high_ts + _ts_delta(frame.timestamp, self._high_ts & 0xFFFFFFFF)
         if abs(seq - self._high_seq) > self.config.restart_seq_gap:
+            self._settle_underrun(0)
             self._new_stream()
             self._restart_pending = True
             self._high_seq, self._high_ts = seq, ts
@@ -315,9 +333,14 @@ class JitterBuffer:
             self._packet_samples = samples
             self._fec_stream = frame.fec
         if self._state is StreamState.IDLE:
+            # Idle after waiting for this packet: if it follows on, its timestamp gap
+            # was DTX silence, not an underrun.
+            follows = self._floor is not None and seq == self._next_seq
+            self._settle_underrun(ts - self._end_ts if follows else 0)
             self._state = StreamState.BUFFERING
             self._next_seq, self._end_ts = seq, ts
             self._first_arrival = now
+            self._first_late = self._lateness
             self._end_buffered = False
         elif self._state is StreamState.BUFFERING and seq < self._next_seq:
             self._next_seq, self._end_ts = seq, ts
@@ -348,12 +371,17 @@ class JitterBuffer:
         return limit is not None and seq < limit
 
     def _update_jitter(self, ts: int, now: float) -> None:
-        """RFC 3550 section 6.4.1: J += (|D| - J) / 16, in timestamp units."""
+        """RFC 3550 section 6.4.1: J += (|D| - J) / 16, in timestamp units; and how late
+        this packet is against the transit floor (the least recent transit, which
+        rises by :data:`_FLOOR_RISE` a packet so that it follows a slower path)."""
         transit = now * RATE - ts
         if self._last_transit is not None:
             d = abs(transit - self._last_transit)
             self._jitter += (d - self._jitter) * _RFC3550_GAIN
         self._last_transit = transit
+        floor = self._transit_floor
+        self._lateness = 0.0 if floor is None else max(0.0, transit - floor)
+        self._transit_floor = transit if floor is None else min(transit, floor + _FLOOR_RISE)
 
     def _enforce_cap(self) -> None:
         """Past the cap, drop the oldest packets until the depth is back at target."""
@@ -402,24 +430,36 @@ class JitterBuffer:
         return self._fifo_len + self._high_end - self._end_ts
 
     def _target(self) -> int:
-        """Target depth in samples: one packet plus whole packets covering the jitter.
+        """Target depth in samples: one packet plus jitter_factor x the jitter.
 
         Just before a packet is due the buffer is one packet emptier than just after
         one came, so one packet is the least that plays a perfectly regular stream;
-        each packet of jitter_factor x jitter on top absorbs packets that come late.
-        For ``fec_hold_ms`` after a loss in a stream that sends FEC, at least two
-        packets: in-band FEC can only help if the packet after a lost one is already
-        here when the lost one is due.
+        jitter_factor x jitter on top absorbs packets that come late. That margin is
+        kept in samples (2.5 ms steps): rounded up to whole packets, any jitter at all
+        cost a whole packet of delay each time a stream (re)starts. For
+        ``fec_hold_ms`` after a loss in a stream that sends FEC, at least two packets:
+        in-band FEC can only help if the packet after a lost one is already here when
+        the lost one is due.
         """
         cfg = self.config
         packet = self._packet_samples
-        # The tolerance keeps float noise in the arrival times from costing a packet.
-        packets = 1 + math.ceil(cfg.jitter_factor * self._jitter / packet - _TOLERANCE)
+        margin = cfg.jitter_factor * self._jitter
+        # The tolerance keeps float noise in the arrival times from costing a step.
+        steps = max(0, math.ceil(margin / _GRANULE - _TOLERANCE * packet / _GRANULE))
+        target = packet + steps * _GRANULE
         hold = cfg.fec_hold_ms * _MS // packet
         if self._fec_stream and self._next_seq - self._last_loss_seq < hold:
-            packets = max(packets, 2)  # FEC needs the next packet here when one is lost
-        packets = min(max(packets, cfg.min_packets), cfg.max_packets)
-        return min(packets * packet, cfg.cap_ms * _MS)
+            target = max(target, 2 * packet)  # FEC needs the next packet here when one is lost
+        target = min(max(target, cfg.min_packets * packet), cfg.max_packets * packet)
+        return min(target, cfg.cap_ms * _MS)
+
+    def _settle_underrun(self, silence: int) -> None:
+        """The wait for a packet is over: what ``silence`` (the timestamp gap before the
+        packet that ended it) covers was DTX silence, the rest an underrun."""
+        self._underrun_samples += self._pending_underrun - min(
+            self._pending_underrun, max(silence, 0)
+        )
+        self._pending_underrun = 0
 
     # ---------------------------------------------------------------- pull internals
 
@@ -445,11 +485,16 @@ class JitterBuffer:
                 return step
 
     def _ready(self, now: float) -> bool:
+        """The buffer holds the target, or its first packet is the margin over one
+        packet behind the transit floor: it waited that long, or came that much late
+        already (so a spurt whose first packet was delayed does not also wait the whole
+        margin on top: playout keeps one delay against the sender's clock)."""
         target = self._target()
+        waited = (now - self._first_arrival) * RATE + self._first_late
         return (
             self._high_end - self._end_ts >= target
             or self._end_buffered
-            or now - self._first_arrival >= target / RATE
+            or waited >= target - self._packet_samples
         )
 
     def _begin_playout(self) -> None:
@@ -462,6 +507,8 @@ class JitterBuffer:
 
     def _plan_packet(self, packet: _Packet, need: int) -> _Step:
         gap = packet.ts - self._end_ts
+        if self._pending_underrun:
+            self._settle_underrun(gap)
         if gap > 0:
             # DTX: the sender was silent. Play silence, sized so that the buffer leaves
             # it at its target depth: this is where the playout delay adapts for free.
@@ -474,6 +521,7 @@ class JitterBuffer:
                 # Unless the audio before already faded out, PLC carries it smoothly
                 # into a fade instead of a click.
                 fade, self._tail_faded = not self._tail_faded, True
+                self._decoder_stale = True
                 return _Step(_Kind.SILENCE, samples=n, fade_out=fade)
         self._packets.pop(self._next_seq)
         self._advance(received=True)
@@ -495,7 +543,8 @@ class JitterBuffer:
         self._underrun_run = 0
         self._last_samples = packet.samples
         self._played += 1
-        return _Step(_Kind.DECODE, packet, packet.samples, fade_in, fade_out, trim)
+        reset, self._decoder_stale = self._decoder_stale, False
+        return _Step(_Kind.DECODE, packet, packet.samples, fade_in, fade_out, trim, reset)
 
     def _plan_loss(self) -> _Step | None:
         """The next packet is missing but a later one is here: recover or conceal it.
@@ -511,6 +560,7 @@ class JitterBuffer:
         if following is not None and following.ts - self._end_ts in _PACKET_SAMPLES:
             lost = following.ts - self._end_ts
         self._last_loss_seq = self._next_seq
+        self._settle_underrun(0)
         self._tail_faded = False
         self._advance(received=False)
         self._end_ts += lost
@@ -527,15 +577,20 @@ class JitterBuffer:
         """Nothing to play yet: conceal while waiting, then fade out and go idle."""
         if self._ended:
             self._state = StreamState.IDLE
+            self._decoder_stale = True
+            # After a mute the sender's timestamp resumes rounded to a packet: the old
+            # transit floor no longer says when a packet is late.
+            self._transit_floor = None
             return None
         samples = -(-need // _GRANULE) * _GRANULE
         self._underrun_run += samples
-        self._underrun_samples += samples
+        self._pending_underrun += samples
         give_up = self._underrun_run >= self.config.max_underrun_ms * _MS
         self._tail_faded = give_up
         if give_up:
             self._state = StreamState.IDLE
             self._fade_in_next = True
+            self._decoder_stale = True
         return _Step(_Kind.UNDERRUN, samples=samples, fade_out=give_up)
 
     def _skip_one(self) -> None:
@@ -555,8 +610,8 @@ class JitterBuffer:
         self._win_min = min(self._win_min, self._depth())
         self._win_elapsed += self.period
         if self._win_elapsed >= self.config.adapt_window_ms * _MS:
-            if self._win_min > self._target():
-                self._compress_pending = True
+            if self._win_min >= self._target() + self._packet_samples:
+                self._compress_pending = True  # skipping one packet keeps the target
             self._win_min, self._win_elapsed = math.inf, 0
 
     # ---------------------------------------------------------------- decoding, FIFO
@@ -567,6 +622,8 @@ class JitterBuffer:
         kind = step.kind
         if kind is _Kind.DECODE:
             assert step.packet is not None
+            if step.reset:
+                dec.reset()
             try:
                 pcm = dec.decode(step.packet.opus)
             except opus.OpusError:  # a hostile or broken packet: count it, conceal it

@@ -39,6 +39,7 @@ _SET_SIGNAL: Final = 4024
 _GET_LOOKAHEAD: Final = 4027
 _RESET_STATE: Final = 4028
 _GET_SAMPLE_RATE: Final = 4029
+_GET_IN_DTX: Final = 4049
 
 MAX_PACKET_BYTES: Final = 1275
 """The largest packet we emit or accept (docs/protocol.md section 7, one Opus frame)."""
@@ -222,6 +223,16 @@ class Encoder(_Native):
             self._state(), pcm.ctypes.data, self.frame_samples, self._out_ptr, MAX_PACKET_BYTES
         )
         return ctypes.string_at(self._out_ptr, _check(n, "opus_encode"))
+
+    @property
+    def in_dtx(self) -> bool:
+        """Whether the last frame encoded was silence to DTX: a packet of 2 bytes or less,
+        or a comfort-noise update (a normal-sized packet sent every ~400 ms in DTX)."""
+        return self._get(_GET_IN_DTX) != 0
+
+    def set_dtx(self, on: bool) -> None:
+        """Switch DTX on or off between frames."""
+        self._ctl(_SET_DTX, 1 if on else 0)
 
     def set_bitrate(self, bitrate: int) -> None:
         """Change the target bitrate (bits/s) between frames."""

@@ -50,6 +50,11 @@ class AudioStats:
     """Frames dropped because they did not open (unknown epoch, failed tag, version 1,
     malformed) or did not decode."""
     jitter_ms: float = 0.0
+    underrun_ms: float = 0.0
+    """Total playout time during which a heard stream had nothing to play (waiting for
+    a late packet; DTX silence is not counted), ms, one decimal."""
+    late_frames: int = 0
+    """Frames that arrived after their turn to play and were dropped."""
     speaking: bool = False
     """The local talker is speaking now (after the capture chain); false while capture
     is closed."""
@@ -65,6 +70,8 @@ class AudioStats:
             "frames_concealed": self.frames_concealed,
             "frames_rejected": self.frames_rejected,
             "jitter_ms": self.jitter_ms,
+            "underrun_ms": self.underrun_ms,
+            "late_frames": self.late_frames,
             "speaking": self.speaking,
             "input_level_dbfs": self.input_level_dbfs,
         }

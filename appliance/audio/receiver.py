@@ -5,6 +5,12 @@ and one mixed block out per playback period.
 on PortAudio's playback thread; neither waits on the event loop. The map of streams is
 copy-on-write: writers build a new dict under a small lock and swap it in, so the
 playback thread reads it without locking.
+
+A speaker who stops being heard (muted, stepped down) is not cut off mid-word: the
+room state saying so usually comes after the last packets, which are still in the
+jitter buffer. That stream *drains*: it plays out what it holds, to its end flag (or
+until it runs dry), and only then is dropped. New frames from that speaker are
+dropped and counted as before.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 
-from appliance.audio.jitter import JitterBuffer, JitterConfig, JitterStats
+from appliance.audio.jitter import JitterBuffer, JitterConfig, JitterStats, StreamState
 from appliance.audio.mixer import Mixer
 from appliance.audio.profile import PLAYBACK_PERIOD_MS, PLAYBACK_RATE
 from appliance.protocol import frames
@@ -33,6 +40,8 @@ class ReceiveStats:
     late: int
     duplicate: int
     jitter_ms: float
+    underrun_ms: float
+    """Playout time during which a heard stream had nothing to play (not DTX silence)."""
     dropped_unheard: int
     dropped_malformed: int
     """Frames that did not open (malformed, version 1, unknown epoch, failed tag) or
@@ -53,6 +62,7 @@ class Receiver:
         self._mixer = Mixer(PERIOD_SAMPLES)
         self._silence = bytes(PERIOD_SAMPLES * 2)
         self._streams: dict[str, JitterBuffer] = {}
+        self._draining: dict[str, JitterBuffer] = {}  # no longer heard, playing out
         self._lock = threading.Lock()  # writers only
         self._heard: frozenset[str] = frozenset()
         self._retired = _Totals()
@@ -62,14 +72,22 @@ class Receiver:
         self.dropped_malformed = 0
 
     def set_heard(self, user_ids: frozenset[str]) -> None:
-        """Whose streams to play: the room's seated members with the mic on, not us."""
+        """Whose streams to play: the room's seated members with the mic on, not us.
+
+        A stream no longer heard plays out what it holds first (see the module doc).
+        """
         with self._lock:
             self._heard = user_ids
-            keep = {u: b for u, b in self._streams.items() if u in user_ids}
-            gone = [b for u, b in self._streams.items() if u not in user_ids]
-            self._streams = keep
-        for buffer in gone:
-            self._retired.add(buffer.stats())
+            both = {**self._draining, **self._streams}
+            self._streams = {u: b for u, b in both.items() if u in user_ids}
+            gone = [b for u, b in both.items() if u not in user_ids and _done(b)]
+            self._draining = {u: b for u, b in both.items() if u not in user_ids and not _done(b)}
+        self._retire(gone)
+
+    def _retire(self, buffers: list[JitterBuffer]) -> None:
+        for buffer in buffers:
+            with self._lock:
+                self._retired.add(buffer.stats())
             buffer.close()
 
     def add_key(self, epoch: int, key: bytes, *, new_room: bool = False) -> None:
@@ -108,19 +126,31 @@ class Receiver:
     def render(self) -> bytes:
         """One playback period of everyone heard, mixed (playback thread)."""
         streams = self._streams  # one read of the reference: a consistent snapshot
-        if not streams:
+        draining = self._draining
+        if not streams and not draining:
             return self._silence  # nobody heard: no mix, no copy
         now = self._clock()
-        blocks = [block for buffer in streams.values() if (block := buffer.pull(now)) is not None]
+        buffers = chain(streams.values(), draining.values()) if draining else streams.values()
+        blocks = [block for buffer in buffers if (block := buffer.pull(now)) is not None]
+        if draining and any(_done(b) for b in draining.values()):
+            self._drop_drained()
         if not blocks:
             return self._silence  # every stream idle (DTX, between spurts)
         return self._mixer.mix(blocks).tobytes()
 
+    def _drop_drained(self) -> None:
+        """Drop the draining streams that have played out (playback thread)."""
+        with self._lock:
+            done = [b for b in self._draining.values() if _done(b)]
+            self._draining = {u: b for u, b in self._draining.items() if not _done(b)}
+        self._retire(done)
+
     def stats(self) -> ReceiveStats:
         """Counters over all streams, past and present."""
-        totals = self._retired.copy()
+        with self._lock:
+            totals = self._retired.copy()
         live = [buffer.stats() for buffer in self._streams.values()]
-        for s in live:
+        for s in live + [buffer.stats() for buffer in self._draining.values()]:
             totals.add(s)
         return ReceiveStats(
             frames_received=totals.received,
@@ -129,13 +159,18 @@ class Receiver:
             late=totals.late,
             duplicate=totals.duplicate,
             jitter_ms=max((s.jitter_ms for s in live), default=0.0),
+            underrun_ms=totals.underrun_ms,
             dropped_unheard=self.dropped_unheard,
             dropped_malformed=self.dropped_malformed + totals.decode_errors,
         )
 
     def close(self) -> None:
-        """Free every stream's decoder."""
-        self.set_heard(frozenset())
+        """Free every stream's decoder (nothing drains)."""
+        with self._lock:
+            self._heard = frozenset()
+            buffers = [*self._streams.values(), *self._draining.values()]
+            self._streams, self._draining = {}, {}
+        self._retire(buffers)
 
 
 @dataclass(slots=True)
@@ -146,6 +181,7 @@ class _Totals:
     late: int = 0
     duplicate: int = 0
     decode_errors: int = 0
+    underrun_ms: float = 0.0
 
     def add(self, s: JitterStats) -> None:
         self.received += s.received
@@ -154,9 +190,15 @@ class _Totals:
         self.late += s.late
         self.duplicate += s.duplicate
         self.decode_errors += s.decode_errors
+        self.underrun_ms += s.underrun_ms
 
     def copy(self) -> _Totals:
         return _Totals(
             self.received, self.concealed, self.fec_recovered, self.late, self.duplicate,
-            self.decode_errors,
+            self.decode_errors, self.underrun_ms,
         )  # fmt: skip
+
+
+def _done(buffer: JitterBuffer) -> bool:
+    """Nothing left to play: the stream is idle (ended, ran dry, or never started)."""
+    return buffer.state is StreamState.IDLE

@@ -3,10 +3,27 @@
 Runs on PortAudio's capture thread and never touches the event loop: it encodes into
 the encoder's preallocated buffer and hands the packed frame to a thread-safe publish
 function (paho queues it for its network thread).
+
+Silence costs (almost) nothing with DTX on. A block is *quiet* when the local voice
+activity (the hands-free chain's ``speaking``, or the engine's level gate without the
+chain) is off and its level is under :data:`QUIET_DBFS`. Only quiet blocks may be
+dropped:
+
+* libopus's DTX is switched on for quiet blocks only (a loud steady tone is not speech
+  to its voice detector, but it is sound): after ~200 ms of silence it emits packets of
+  1-2 bytes (never sent) and, every ~400 ms, a comfort-noise update;
+* after :data:`SILENCE_AFTER_S` of quiet blocks, every packet is silence, also those of
+  a noise floor libopus keeps coding as speech (pink noise at -55 dBFS).
+
+In silence at most one packet a second goes out (:data:`SILENT_INTERVAL_S`). The first
+block that is speech, or merely loud, is sent at once: a spurt resumes with the packet
+that holds its first sound. Whatever is withheld still advances the timestamp, so a
+receiver plays a pause, not a loss (docs/protocol.md 7).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -21,6 +38,13 @@ from appliance.protocol.voice import Sealer
 
 PublishFrame = Callable[[str, bytes], None]  # (room_id, frame bytes)
 _DTX_BYTES = 2  # libopus: a packet this short carries no audio (DTX)
+SILENT_INTERVAL_S = 1.0
+"""In silence, at most one packet per this many seconds (comfort noise, a noise floor)."""
+SILENCE_AFTER_S = 0.4
+"""Voice activity off and the level under QUIET_DBFS this long: silence, with DTX on."""
+QUIET_DBFS = -50.0
+"""A block louder than this is sent even if nobody is speaking (a click, a knock)."""
+_QUIET_POWER = 32768.0**2 * 10 ** (QUIET_DBFS / 10)
 
 
 class Sender:
@@ -61,6 +85,12 @@ class Sender:
         self._keys: dict[str, tuple[int, bytes]] = {}
         self._ending = False
         self._spurt_ended_at: float | None = None
+        self._dtx = dtx
+        self._encoder_dtx = dtx  # libopus's DTX switch: on for quiet blocks only
+        self._silent_blocks = 0  # consecutive blocks without voice or sound
+        self._silence_blocks = max(1, math.ceil(SILENCE_AFTER_S * 1000 / profile.frame_ms))
+        self._interval = round(SILENT_INTERVAL_S * TIMESTAMP_RATE)
+        self._last_sent_ts: int | None = None
         self.frames_sent = 0
         self.dtx_skipped = 0
         self.bad_blocks = 0
@@ -99,19 +129,28 @@ class Sender:
             self._room = None
             self._spurt_ended_at = self._clock()
 
-    def on_block(self, pcm: np.ndarray) -> bool:
-        """Encode and publish one captured block; False once the spurt is over."""
+    def on_block(self, pcm: np.ndarray, *, speaking: bool = False) -> bool:
+        """Encode and publish one captured block; False once the spurt is over.
+
+        ``speaking`` is the local voice activity for this block (after the capture
+        chain; False: not known); with DTX on, it, the block's level and libopus decide
+        what silence is.
+        """
         room = self._room
         if room is None:
             return False
         if pcm.shape != (self.profile.frame_samples,):
             self.bad_blocks += 1
             return True
+        quiet = self._dtx and not speaking and _power(pcm) < _QUIET_POWER
+        if quiet != self._encoder_dtx:
+            self.encoder.set_dtx(quiet)
+            self._encoder_dtx = quiet
         packet = self.encoder.encode(pcm)
         ending = self._ending
-        if len(packet) <= _DTX_BYTES and not ending:
+        if not ending and self._dtx and self._withhold(packet, quiet):
             self.dtx_skipped += 1
-            self._ts += self._step
+            self._ts = (self._ts + self._step) & 0xFFFF_FFFF
             return True
         wire = self._seal(room, packet, ending)
         if wire is None:
@@ -119,6 +158,7 @@ class Sender:
         else:
             self._publish(room, wire)
             self.frames_sent += 1
+            self._last_sent_ts = self._ts
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self._step) & 0xFFFF_FFFF
         if ending:
@@ -126,6 +166,20 @@ class Sender:
             self._spurt_ended_at = self._clock()
             return False
         return True
+
+    def _withhold(self, packet: bytes, quiet: bool) -> bool:
+        """Whether this packet is silence not to send (DTX on)."""
+        if not quiet:
+            self._silent_blocks = 0
+            return False
+        self._silent_blocks += 1
+        if len(packet) <= _DTX_BYTES:
+            return True  # libopus: nothing to transmit
+        silent = self._silent_blocks > self._silence_blocks or self.encoder.in_dtx
+        if not silent:
+            return False
+        last = self._last_sent_ts
+        return last is not None and (self._ts - last) & 0xFFFF_FFFF < self._interval
 
     def _seal(self, room: str, packet: bytes, end: bool) -> bytes | None:
         sealer = self._sealer
@@ -140,3 +194,9 @@ class Sender:
     def close(self) -> None:
         """Free the encoder."""
         self.encoder.close()
+
+
+def _power(pcm: np.ndarray) -> float:
+    """Mean square of an int16 block, in int16 units squared."""
+    x = pcm.astype(np.float32)
+    return float(np.dot(x, x)) / len(x)

@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -114,6 +115,9 @@ class Hardware:
     """gpiozero's pin factory (None: gpiozero picks the Pi's own pins)."""
     pyaudio: PyAudioModule | None = None
     """The ``pyaudio`` module or a stand-in (None: PyAudio is not installed; no sound)."""
+    edge_clock: Callable[[], float] | None = None
+    """What stamps button edges (None: the event loop's clock). Stand-in pins driven by
+    a script can have its instants exact, whatever the scheduler does meanwhile."""
 
 
 def machine_config(settings: ApplianceSettings) -> MachineConfig:
@@ -224,7 +228,7 @@ class Daemon:
                 self._feed.edge_threadsafe,
                 pins=self.pins,
                 pin_factory=self.pin_factory,
-                clock=loop.time,
+                clock=self.hardware.edge_clock or loop.time,
             )
         except Exception as exc:
             log.error("GPIO unavailable: %s (off a Pi, run with --mock-hw)", exc)

@@ -535,3 +535,131 @@ def test_an_undecodable_packet_is_counted_and_concealed(opus_stream: Stream) -> 
     assert (s.decode_errors, s.concealed, s.played) == (1, 1, 19)
     assert len(heard) == 20 * 960
     assert tone.rms(heard[8 * 960 : 9 * 960]) > 0.05
+
+
+# ---------------------------------------------------------------- DTX pauses, resets, underruns
+
+
+def _spurts(
+    frames: list[AudioFrame], split: int, pause_s: float, wobble_s: float = 0.0
+) -> list[tuple[float, AudioFrame]]:
+    """Two talk spurts with a DTX pause between them (timestamps jump, sequence numbers
+    do not); each arrival is late by ``wobble_s`` every other packet (a steady jitter)."""
+    gap = round(pause_s * 48_000)
+    arrivals = []
+    for i, f in enumerate(frames):
+        pause = pause_s if i >= split else 0.0
+        late = wobble_s if i % 2 else 0.0
+        sent = f if i < split else replace(f, timestamp=f.timestamp + gap)
+        arrivals.append((0.001 + i * 0.02 + pause + late, sent))
+    return arrivals
+
+
+def _first_sound(jb: JitterBuffer, arrivals: list[tuple[float, AudioFrame]], until: float) -> list:
+    """Pull every 10 ms (the engine's period); the times a spurt's first sample played."""
+    pending, starts, k, now, sounding = sorted(arrivals, key=lambda a: a[0]), [], 0, 0.0, False
+    while now < until:
+        while k < len(pending) and pending[k][0] <= now:
+            jb.push(pending[k][1], pending[k][0])
+            k += 1
+        block = jb.pull(now)
+        loud = block is not None and np.abs(block).max() > 1000
+        if loud and not sounding:
+            first = int(np.flatnonzero(np.abs(block) > 1000)[0]) if block is not None else 0
+            starts.append(now + first / 48_000)
+        sounding = loud or (sounding and block is not None and np.abs(block).max() > 0)
+        now = round(now + 0.010, 6)
+    return starts
+
+
+def test_a_talker_resumed_after_a_dtx_pause_plays_at_the_usual_delay(
+    opus_stream: Stream,
+) -> None:
+    # 1 ms of jitter: rounded up to whole packets, the target was two packets (40 ms)
+    # and every spurt after a pause waited a packet longer than the first one.
+    frames = opus_stream(100)
+    arrivals = _spurts(frames, 50, pause_s=0.6, wobble_s=0.001)
+    jb = JitterBuffer(JitterConfig(period_ms=10))
+    starts = _first_sound(jb, arrivals, until=3.0)
+    s = jb.stats()
+    assert len(starts) == 2, starts
+    assert 0.5 < s.jitter_ms < 1.5  # the pause itself did not count as jitter
+    assert s.target_ms <= 25  # one packet and 3 x J (in 2.5 ms steps), not two packets
+    first_delay = starts[0] - arrivals[0][0]
+    resumed_delay = starts[1] - arrivals[50][0]
+    assert resumed_delay <= first_delay + 0.010  # within one playback block of the first
+    assert resumed_delay <= 3 * s.jitter_ms / 1000 + 0.010
+    assert (s.played, s.concealed, s.late) == (100, 0, 0)
+
+
+def test_a_stream_starts_once_its_first_packet_waited_the_margin(opus_stream: Stream) -> None:
+    jb = JitterBuffer(JitterConfig(period_ms=10, min_packets=2))  # target: 40 ms
+    first = opus_stream(1)[0]
+    jb.push(first, 0.0)
+    assert jb.pull(0.010) is None  # waited 10 ms of the 20 over one packet
+    assert jb.pull(0.020) is not None
+
+
+def test_the_first_packet_after_silence_is_not_attenuated(opus_stream: Stream) -> None:
+    # After concealment Opus ramps its next packet up from the concealed level (-5 dB);
+    # a spurt after silence must come out as a fresh decoder makes it.
+    frames = opus_stream(60)
+    resumed_spurt = [replace(f, seq=f.seq - 20) for f in frames[40:]]  # 400 ms of DTX
+    arrivals = on_time(frames[:20]) + on_time(resumed_spurt, start=0.8)
+    jb = JitterBuffer()
+    run = simulate(jb, arrivals, until=1.5)
+    starts = [
+        i
+        for i in range(1, len(run.blocks))
+        if run.blocks[i - 1] is None and run.blocks[i] is not None
+    ]
+    assert len(starts) == 2  # the first spurt, and the one after the stream went idle
+    assert jb.stats().concealed == 0
+    resumed = run.blocks[starts[-1]]
+    assert resumed is not None
+    with opus.Decoder() as fresh:
+        expected = fresh.decode(frames[40].opus).copy()
+    tail = slice(240, 960)  # after the 5 ms fade-in
+    assert np.array_equal(resumed[tail], expected[tail])
+
+
+def test_underrun_counts_waiting_for_a_late_packet_not_dtx_silence(opus_stream: Stream) -> None:
+    frames = opus_stream(60)
+    frames[-1] = replace(frames[-1], end=True)
+    # a DTX pause of 300 ms after packet 20, then packet 40 is 60 ms late (a stall)
+    arrivals = _spurts(frames, 20, pause_s=0.3)
+    arrivals = [(t + (0.06 if f.seq >= 40 else 0.0), f) for t, f in arrivals]
+    jb = JitterBuffer(JitterConfig(period_ms=10))
+    simulate_10ms(jb, arrivals, until=2.0)
+    s = jb.stats()
+    assert s.concealed == 0
+    assert 50 <= s.underrun_ms <= 70  # the stall, not the 300 ms pause
+
+
+def simulate_10ms(jb: JitterBuffer, arrivals: list[tuple[float, AudioFrame]], until: float) -> None:
+    pending, k, now = sorted(arrivals, key=lambda a: a[0]), 0, 0.0
+    while now < until:
+        while k < len(pending) and pending[k][0] <= now:
+            jb.push(pending[k][1], pending[k][0])
+            k += 1
+        jb.pull(now)
+        now = round(now + 0.010, 6)
+
+
+def test_a_spurt_whose_first_packet_came_late_does_not_wait_the_margin_on_top(
+    opus_stream: Stream,
+) -> None:
+    # Steady 2 ms jitter (a 6 ms margin), a DTX pause, and the resumed spurt's first
+    # packet 6 ms late: it has used up most of the margin on its way already.
+    frames = opus_stream(100)
+    arrivals = _spurts(frames, 50, pause_s=0.6, wobble_s=0.002)
+    on_time_at = arrivals[50][0]
+    arrivals[50] = (on_time_at + 0.006, arrivals[50][1])
+    jb = JitterBuffer(JitterConfig(period_ms=10))
+    starts = _first_sound(jb, arrivals, until=3.0)
+    s = jb.stats()
+    assert len(starts) == 2
+    margin = s.target_ms - 20
+    assert 5 <= margin <= 10
+    assert starts[1] - on_time_at <= margin / 1000 + 0.010  # one delay against the sender
+    assert (s.played, s.concealed, s.late) == (100, 0, 0)

@@ -133,6 +133,17 @@ def test_wav_input_loops_and_resamples_and_downmixes(tmp_path: Path) -> None:
     assert abs(tone.dominant_frequency(heard) - 300) < 1
 
 
+def test_a_wav_is_resampled_once_not_per_block(tmp_path: Path) -> None:
+    pcm = tone.sine(440, RATE)  # 1 s at 48 kHz, heard by a 16 kHz microphone
+    source = mock.WavSource(write_wav(tmp_path / "in.wav", pcm))
+    blocks = np.concatenate([source.read(320, 16_000) for _ in range(50)])
+    assert source.resamplings == 1
+    whole = np.interp(np.arange(16_000) * 3.0, np.arange(RATE), pcm.astype(np.float64))
+    assert np.array_equal(blocks, np.round(whole).astype(np.int16))  # seamless blocks
+    assert not source.read(320, 16_000).any()  # then silence
+    assert source.resamplings == 1
+
+
 def test_the_recording_is_readable_while_still_being_written(tmp_path: Path) -> None:
     recorder = mock.WavRecorder(tmp_path / "out.wav")
     for _ in range(3):

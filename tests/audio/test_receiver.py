@@ -1,19 +1,22 @@
-"""The receiver on an injected clock: real Opus, real sealing, one jitter buffer per
-speaker. Silence costs no mix: with nobody heard, or every stream idle, the playback
-period is the same silent block."""
+"""The receiver on a fake clock: real sealed frames and real libopus, mixed per 10 ms.
+Silence costs no mix: with nobody heard, or every stream idle, the playback period is
+the same silent block."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import numpy as np
 
-from appliance.audio import opus
 from appliance.audio.receiver import PERIOD_SAMPLES, Receiver
 from appliance.audio.tone import rms
 from appliance.protocol import topics
-from appliance.protocol.frames import timestamp_step
+from appliance.protocol.frames import AudioFrame
 from appliance.protocol.voice import Sealer
 
-ROOM = "room1"
+Stream = Callable[..., list[AudioFrame]]
+ROOM, BOB = "room1", "bob"
 KEY = bytes(range(32))
 
 
@@ -25,22 +28,98 @@ class Clock:
         return self.now
 
 
-def speaker_frames(user: str, count: int) -> list[bytes]:
-    """``count`` sealed 20 ms frames of a 440 Hz tone, the last with the end flag."""
-    topic = topics.audio(ROOM, user)
-    sealer = Sealer(topic)
-    sealer.set_key(1, KEY)
-    encoder = opus.Encoder(48_000, frame_ms=20, bitrate=24_000, complexity=5, fec=True)
-    t = np.arange(960 * count) / 48_000
-    pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-    try:
-        return [
-            sealer.seal(i, i * timestamp_step(20), encoder.encode(pcm[i * 960 : (i + 1) * 960]),
-                        end=i == count - 1)
-            for i in range(count)
-        ]  # fmt: skip
-    finally:
-        encoder.close()
+class Bob:
+    """Bob's sender side: frames sealed for his audio topic."""
+
+    def __init__(self) -> None:
+        self.topic = topics.audio(ROOM, BOB)
+        self.sealer = Sealer(self.topic)
+        self.sealer.open_capture()
+        self.sealer.set_key(1, KEY)
+
+    def seal(self, f: AudioFrame) -> bytes:
+        return self.sealer.seal(f.seq, f.timestamp, f.opus, fec=f.fec, end=f.end)
+
+
+def listener() -> tuple[Receiver, Clock]:
+    clock = Clock()
+    receiver = Receiver(clock=clock)
+    receiver.add_key(1, KEY, new_room=True)
+    receiver.set_heard(frozenset({BOB}))
+    return receiver, clock
+
+
+def play(receiver: Receiver, clock: Clock, blocks: int) -> np.ndarray:
+    out = []
+    for _ in range(blocks):
+        out.append(np.frombuffer(receiver.render(), dtype=np.int16))
+        clock.now += 0.010
+    return np.concatenate(out)
+
+
+def test_a_muted_speaker_plays_out_to_the_end_flag(opus_stream: Stream) -> None:
+    frames = opus_stream(10)
+    frames[-1] = replace(frames[-1], end=True)
+    receiver, clock = listener()
+    bob = Bob()
+    for f in frames:  # the whole spurt is here, the last 60 ms still to be played ...
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    heard = play(receiver, clock, 14)
+    receiver.set_heard(frozenset())  # ... when the room state says bob is muted
+    heard = np.concatenate([heard, play(receiver, clock, 10)])
+    loud = np.flatnonzero(np.abs(heard) > 1000)
+    assert loud[-1] - loud[0] > 9.5 * 960  # all ten packets, not cut at the mute
+    assert not heard[-960:].any()  # then silence: the stream is gone
+    s = receiver.stats()
+    assert (s.frames_received, s.frames_concealed) == (10, 0)
+
+
+def test_frames_after_the_mute_are_dropped_while_the_stream_drains(opus_stream: Stream) -> None:
+    frames = opus_stream(20)
+    receiver, clock = listener()
+    bob = Bob()
+    for f in frames[:10]:
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    play(receiver, clock, 4)
+    receiver.set_heard(frozenset())
+    for f in frames[10:]:
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    assert receiver.stats().dropped_unheard == 10
+    played = play(receiver, clock, 40)  # plays out what it held, then runs dry and goes
+    assert np.abs(played[: 10 * 960]).max() > 1000
+    assert not played[-960:].any()
+    assert receiver.stats().frames_received == 10
+
+
+def test_a_speaker_heard_again_while_draining_keeps_playing(opus_stream: Stream) -> None:
+    frames = opus_stream(30)
+    receiver, clock = listener()
+    bob = Bob()
+    for f in frames[:10]:
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    play(receiver, clock, 4)
+    receiver.set_heard(frozenset())
+    receiver.set_heard(frozenset({BOB}))  # unmuted before the old stream ran out
+    for f in frames[10:]:
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    s = receiver.stats()
+    assert (s.frames_received, s.dropped_unheard) == (30, 0)
+
+
+def test_late_frames_and_underruns_are_counted(opus_stream: Stream) -> None:
+    frames = opus_stream(20)
+    receiver, clock = listener()
+    bob = Bob()
+    for f in frames[:5]:
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    play(receiver, clock, 10 + 6)  # 100 ms played; waited 60 ms for packet 5
+    for f in frames[6:8]:  # packet 5 is lost: 6 plays after concealment ...
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    play(receiver, clock, 4)
+    receiver.on_frame(BOB, bob.topic, bob.seal(frames[5]), clock.now)  # ... 5 is late
+    s = receiver.stats()
+    assert s.late == 1
+    assert 50 <= s.underrun_ms <= 70
 
 
 def test_nobody_heard_is_one_silent_block() -> None:
@@ -51,14 +130,14 @@ def test_nobody_heard_is_one_silent_block() -> None:
     receiver.close()
 
 
-def test_a_heard_speaker_plays_and_then_falls_silent() -> None:
-    clock = Clock()
-    receiver = Receiver(clock=clock)
-    receiver.add_key(1, KEY, new_room=True)
-    receiver.set_heard(frozenset({"bob"}))
+def test_a_heard_speaker_plays_and_then_falls_silent(opus_stream: Stream) -> None:
+    frames = opus_stream(10)
+    frames[-1] = replace(frames[-1], end=True)
+    receiver, clock = listener()
+    bob = Bob()
     blocks: list[bytes] = []
-    for i, wire in enumerate(speaker_frames("bob", 10)):
-        receiver.on_frame("bob", topics.audio(ROOM, "bob"), wire, clock.now)
+    for i, f in enumerate(frames):
+        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
         for _ in range(2):  # two 10 ms playback periods per 20 ms packet
             blocks.append(receiver.render())
             clock.now += 0.010
@@ -68,7 +147,6 @@ def test_a_heard_speaker_plays_and_then_falls_silent() -> None:
         clock.now += 0.010
     played = np.frombuffer(b"".join(blocks[4:16]), dtype=np.int16)
     assert rms(played) > 0.1  # the tone came through (of full scale)
-    silent = blocks[-5:]
-    assert all(block == bytes(PERIOD_SAMPLES * 2) for block in silent)
+    assert all(block == bytes(PERIOD_SAMPLES * 2) for block in blocks[-5:])
     assert receiver.stats().frames_concealed == 0
     receiver.close()

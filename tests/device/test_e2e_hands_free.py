@@ -8,7 +8,9 @@ listener's card sits in a stand-in room whose echo path returns everything its s
 plays to its microphone at 0 dB. The echo tests take what the listener publishes just
 before the encoder (the chain's output, sample for sample against what its microphone
 heard); the others decode what another member of the room receives (:class:`Heard`:
-it holds the room's voice key, so it opens and decodes every frame).
+it holds the room's voice key, so it opens and decodes every frame). The boxes whose
+stream is decoded run with DTX off (:data:`MEASURED`): these tests measure the chain's
+output block for block, quiet residuals included, which DTX would leave unsent.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ECHO = "delay_ms=30,gain_db=0,rt60_ms=250"
 SETTLE_S = 3.0  # the echo canceller converges within this
 MEASURE_S = 3.0
 STALL_AT_BLOCK = 100  # 2 s in: the echo canceller has converged by then
+MEASURED = {"dtx": False}  # a continuous stream to measure (DTX sends no quiet blocks)
 
 
 class Tap:
@@ -58,10 +61,10 @@ class Tap:
                 time.sleep(stall_s)
             return data
 
-        def tapped_on_block(pcm: np.ndarray) -> bool:
+        def tapped_on_block(pcm: np.ndarray, *, speaking: bool = False) -> bool:
             with self._lock:
                 self.sent.append(pcm.copy())
-            return bool(on_block(pcm))
+            return bool(on_block(pcm, speaking=speaking))
 
         hardware.hear = tapped_hear
         audio.sender.on_block = tapped_on_block
@@ -241,6 +244,7 @@ def test_double_talk_the_near_voice_gets_through_without_the_echo(
     guest = daemons("pi-bea", mode="join", audio={
         "mock_input": str(speech_wav(tmp_path / "bea.wav", b_wav)),  # once, from capture on
         "mock_echo": ECHO,
+        **MEASURED,
     })  # fmt: skip
     heard = Heard(host)
     on_stage(host, guest)
@@ -277,9 +281,10 @@ def test_room_noise_is_suppressed(
     """Two silent boxes on stage in rooms with pink noise at -40 dBFS, one suppressing
     noise and one not: the first's stream is at least 15 dB quieter."""
     host = daemons("pi-host", mode="host", subject="Noise")
-    quiet = daemons("pi-ann", mode="join", audio={"mock_noise": "pink:-40"})
-    noisy = daemons("pi-bob", mode="join",
-                    audio={"mock_noise": "pink:-40", "noise_suppression": False})  # fmt: skip
+    quiet = daemons("pi-ann", mode="join", audio={"mock_noise": "pink:-40", **MEASURED})
+    noisy = daemons("pi-bob", mode="join", audio={
+        "mock_noise": "pink:-40", "noise_suppression": False, **MEASURED,
+    })  # fmt: skip
     heard = Heard(host)
     on_stage(host, quiet)
     on_stage(host, noisy)
@@ -308,8 +313,8 @@ def test_two_echoing_boxes_on_stage_do_not_howl(
     voice = speech_wav(tmp_path / "voice.wav")
     echo = "delay_ms=30,gain_db=0,rt60_ms=250"
     host = daemons("pi-host", mode="host", subject="Loop",
-                   audio={"mock_input": f"loop:{voice}", "mock_echo": echo})  # fmt: skip
-    guest = daemons("pi-ann", mode="join", audio={"mock_echo": echo})
+                   audio={"mock_input": f"loop:{voice}", "mock_echo": echo, **MEASURED})  # fmt: skip
+    guest = daemons("pi-ann", mode="join", audio={"mock_echo": echo, **MEASURED})
     at_host, at_guest = Heard(host), Heard(guest)
     on_stage(host, guest)
     start = time.monotonic()

@@ -300,6 +300,8 @@ def test_the_status_payload_has_exactly_device_md_shape() -> None:
             "frames_concealed": 0,
             "frames_rejected": 0,
             "jitter_ms": 0.0,
+            "underrun_ms": 0.0,
+            "late_frames": 0,
             "speaking": False,
             "input_level_dbfs": None,
         },
