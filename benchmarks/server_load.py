@@ -1244,8 +1244,14 @@ def print_server_side(bench: Bench) -> None:
     if counters.get("publish_errors"):
         print(
             "`publish_errors`: answers (or pushes) the server's paho client refused to queue "
-            "because 1,000 were already waiting for the broker (`max_queued_messages_set(1000)` "
-            "in appliance/mqtt.py): the request was applied and committed, its answer lost.\n"
+            "(e.g. with all 65,535 message ids waiting for the broker): the request was "
+            "applied and committed, its answer lost.\n"
+        )
+    if counters.get("dropped_overload"):
+        print(
+            "`dropped_overload`: requests the server dropped unread, neither applied nor "
+            "answered, while 10,000 of its messages waited for the broker "
+            "(`SHED_BACKLOG` in appliance/server/app.py); their senders retry.\n"
         )
     if bench.broker_warnings:
         print(f"Broker log warnings and drops: {len(bench.broker_warnings)}, e.g.:\n")
@@ -1255,7 +1261,7 @@ def print_server_side(bench: Bench) -> None:
     if any("dropped for client gochat-server" in line for line in bench.broker_warnings):
         print(
             "Mosquitto dropped requests on their way to the server: it holds at most "
-            "`max_inflight_messages` + `max_queued_messages` (20 + 1,000 in the shipped "
+            "`max_inflight_messages` + `max_queued_messages` (1,000 + 10,000 in the shipped "
             "mosquitto.conf) unacknowledged QoS 1 messages per client.\n"
         )
 

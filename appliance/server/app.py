@@ -46,6 +46,10 @@ Clock = Callable[[], float]
 TICK_INTERVAL_S = 0.25
 COUNTER_REPORT_S = 60.0  # how often changed counters are logged
 SERVER_INFLIGHT = 1000  # QoS 1 answers awaiting PUBACK (the broker grants as many)
+# Messages queued for the broker past which new requests are dropped unread: ~3 s of
+# answers at this server's capacity. Past it, an overloaded server would commit requests
+# whose answers only pile up (paho runs out of message ids at 65,535 and refuses them).
+SHED_BACKLOG = 10_000
 SERVING_SUBSCRIPTION = 1  # MQTT 5 subscription identifiers: requests and presence
 SWEEP_SUBSCRIPTION = 2  # the janitor's short-lived look at retained messages
 BAD_TOPIC = "topic: must be gochat/v1/req/{user_id}/{method}"
@@ -102,6 +106,7 @@ class Server:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._gated: Verdict | None = None  # the gate's verdict on the message at hand
+        self.shed_backlog = SHED_BACKLOG
         self._paho_handle_publish: Callable[[], MQTTErrorCode] | None = None
         self.gate_installed = self._install_gate()
         self.publisher = RoomStatePublisher(self._publish_state, self._loop)
@@ -191,7 +196,10 @@ class Server:
         it the server still works, limits and all, at the full cost per message.
         """
         client = self._client
-        if not all(hasattr(client, a) for a in ("_handle_publish", "_send_puback", "_in_packet")):
+        if not all(
+            hasattr(client, a)
+            for a in ("_handle_publish", "_send_puback", "_in_packet", "_out_messages")
+        ):
             log.warning("paho has no _handle_publish: flooded requests are decoded, then dropped")
             return False
         self._paho_handle_publish = client._handle_publish
@@ -238,10 +246,18 @@ class Server:
         if not topics.is_user_id(owner):
             return None
         self.counters["requests"] += 1
+        if self._backlog() >= self.shed_backlog:
+            self.counters["dropped_overload"] += 1  # unread and uncommitted: it is retried
+            return Verdict.DROP
         verdict = self.limiter.check(owner, self.clock())
         if verdict is Verdict.DROP:
             self.counters["dropped_rate_limited"] += 1
         return verdict
+
+    def _backlog(self) -> int:
+        """Messages handed to paho and not yet acknowledged by the broker (paho 2.x's
+        outgoing table, the same pinned internals as the gate itself)."""
+        return len(self._client._out_messages)
 
     def _connected(self) -> None:
         log.info("connected to the broker")

@@ -1,5 +1,6 @@
 """Fairness: one user flooding requests (QoS 0 and QoS 1, far past its rate limit)
-does not keep the server from answering everyone else promptly (docs/protocol.md 3.7).
+does not keep the server from answering everyone else promptly (docs/protocol.md 3.7),
+and a server offered more than it can answer sheds requests unread.
 
 The flood runs in its own process for a few seconds while an honest user heartbeats
 every 100 ms; every honest request must be answered, and quickly. The bounds are
@@ -13,6 +14,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from appliance.server.app import SHED_BACKLOG
 from testbed import Broker
 from testbed.flood import Flood, heartbeat_latencies, p
 from testbed.server import RunningServer, connect
@@ -44,3 +48,26 @@ def test_a_flooding_user_does_not_slow_the_others_down(broker: Broker, tmp_path:
     assert p(latencies, 0.99) < 0.5, sorted(latencies)
     # The flood was limited, not served: 20 accepted and 20 refused (429) per second.
     assert counters["dropped_rate_limited"] > sent / 2
+
+
+def test_an_overloaded_server_drops_requests_unread_until_its_answers_drain(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # Past SHED_BACKLOG answers waiting for the broker, a request is neither applied nor
+    # answered (its sender retries): never committed with an answer that cannot go out.
+    server = RunningServer(broker, tmp_path / "server.db").start()
+    ann = connect(broker, "ann")
+    try:
+        assert server.server is not None and server.server.gate_installed
+        counters = server.server.counters
+        server.server.shed_backlog = 0  # as if the backlog had reached the bound
+        with pytest.raises(TimeoutError):
+            ann.request("create_room", {"subject": "Overload"}, timeout_s=1.0)
+        assert counters["dropped_overload"] == 1
+        assert not server.server.service.rooms  # dropped unread: nothing was applied
+        server.server.shed_backlog = SHED_BACKLOG  # the answers drained
+        assert ann.request("create_room", {"subject": "Overload"}, timeout_s=5).code == 0
+        assert len(server.server.service.rooms) == 1
+    finally:
+        ann.close()
+        server.stop()
