@@ -99,7 +99,7 @@ import threading
 import time
 import traceback
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -120,7 +120,7 @@ from appliance.audio.profile import (
 from appliance.audio.sender import Sender
 from appliance.device.settings import AudioSettings
 from appliance.mqtt import new_client
-from appliance.protocol import frames, topics
+from appliance.protocol import topics, voice
 from benchmarks._common import (
     drain_datagrams,
     machine_header,
@@ -131,7 +131,8 @@ from benchmarks._common import (
 from benchmarks._cpu import CpuQuota, Floor, parse_quotas, process_cpu_ns, quota_available
 from testbed.broker import Broker
 from testbed.daemons import CoapClient, DaemonProcess
-from testbed.server import ServerProcess
+from testbed.server import ServerProcess, connect
+from testbed.voice import keyring, media_key_pushes
 
 # --- knobs ---------------------------------------------------------------------------
 
@@ -459,18 +460,23 @@ class JitterProxy:
 
 
 class Observer:
-    """Timestamps every frame of one speaker's audio topic, straight from the broker."""
+    """Timestamps every frame of one speaker's audio topic, straight from the broker, and
+    joins the room as a listener of its own for the voice keys that open them."""
 
-    def __init__(self, broker: Broker, user: str, topic: str) -> None:
+    def __init__(self, broker: Broker, user: str, room_id: str, speaker: str) -> None:
         password = broker.password(user) if broker.has_user(user) else broker.add_user(user)
+        self.room_id = room_id
+        self.topic = topics.audio(room_id, speaker)
         self.frames: list[tuple[float, bytes]] = []
+        self._member = connect(broker, f"{user}-keys")
+        self._keys: list[Any] = [self._member.call("login_room", room_id=room_id)["media"]]
         self._subscribed = threading.Event()
         self._client = new_client(user)
         self._client.username_pw_set(user, password)
         self._client.tls_set_context(broker.tls_context())
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_connect = lambda c, *_: c.subscribe(topic, 0)
+        self._client.on_connect = lambda c, *_: c.subscribe(self.topic, 0)
         self._client.connect(broker.host, broker.port, keepalive=30)
         self._client.loop_start()
         if not self._subscribed.wait(10):
@@ -480,21 +486,31 @@ class Observer:
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         self.frames.append((time.monotonic(), bytes(message.payload)))
 
+    def opener(self) -> voice.Opener:
+        """Every key the room gave its listener so far (none expire: frames are opened
+        after the run)."""
+        self._keys += media_key_pushes(self._member, self.room_id)
+        return keyring(self._keys, clock=lambda: 0.0)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.disconnect()
         self._client.loop_stop()
+        self._member.close()
 
 
-def loud_arrivals(received: list[tuple[float, bytes]], threshold: float) -> _Float:
-    """Arrival times of the frames whose decoded audio peaks above ``threshold``."""
+def loud_arrivals(
+    received: list[tuple[float, bytes]], threshold: float, open_frame: Callable[[bytes], bytes]
+) -> _Float:
+    """Arrival times of the frames whose decoded audio peaks above ``threshold``
+    (``open_frame``: a sealed payload's Opus packet; frames it refuses are skipped)."""
     decoder = opus.Decoder(PLAYBACK_RATE)
     times = []
     try:
         for arrival, payload in received:
             try:
-                pcm = decoder.decode(frames.unpack(payload).opus)
-            except (frames.FrameError, opus.OpusError):
+                pcm = decoder.decode(open_frame(payload))
+            except (voice.VoiceError, opus.OpusError):
                 continue
             if len(pcm) and int(np.max(np.abs(pcm.astype(np.int32)))) > threshold:
                 times.append(arrival)
@@ -627,7 +643,7 @@ def run_scenario(
     room_id = coap.get(a.coap_port, "/status").body["room_id"]
     if not room_id:
         raise BenchError(f"{a_user} is not in a room: {a.log()[-800:]}")
-    observer = Observer(broker, f"m2e-{scenario.slug}-obs", topics.audio(room_id, a_user))
+    observer = Observer(broker, f"m2e-{scenario.slug}-obs", room_id, a_user)
     stack.callback(observer.close)
     b = DaemonProcess(
         broker, b_user, work, mode="join", room_id=room_id,
@@ -685,6 +701,7 @@ def run_scenario(
     for device in (b, a):
         with contextlib.suppress(Exception):
             device.terminate()
+    opener = observer.opener()
     observer.close()
     result.skipped = {
         "A in": skipped_blocks(a_trace, "in"),
@@ -697,6 +714,7 @@ def run_scenario(
         b_out=read_trace(b_trace, "out"),
         b_wav=b_wav,
         received=observer.frames,
+        open_frame=lambda payload: opener.open(payload, observer.topic).opus,
         listening_at=listening_at,
     )
     return result
@@ -769,11 +787,12 @@ def analyse(
     b_out: Blocks,
     b_wav: Path,
     received: list[tuple[float, bytes]],
+    open_frame: Callable[[bytes], bytes],
     listening_at: float,
 ) -> None:
     """Time every click: mouth (A's trace), ear (B's recording and trace), parts."""
     recording = read_wav_mono(b_wav)[0].astype(np.float64)
-    loud = loud_arrivals(received, 0.1 * CLICK_AMPLITUDE * 32767)
+    loud = loud_arrivals(received, 0.1 * CLICK_AMPLITUDE * 32767, open_frame)
     parts: dict[str, list[float]] = {k: [] for k in ("capture", "publish", "receive", "output")}
     mouths = [mouth_time(a_in, float(s)) for s in track.starts]
     for idx, (mouth, a_block) in enumerate(mouths):
