@@ -323,7 +323,7 @@ class AudioEngine:
     # ------------------------------------------------------------ PortAudio threads
 
     def _on_capture(
-        self, in_data: bytes | None, frames: int, _t: Any, status: int
+        self, in_data: bytes | None, _frames: int, _t: Any, status: int
     ) -> tuple[None, int]:
         if in_data is None:
             return None, self._pa_module.paContinue
@@ -332,7 +332,8 @@ class AudioEngine:
         if status & XRUN_FLAGS:
             self._new_run.set()
         new_run = self._new_run.is_set()
-        self._new_run.clear()
+        if new_run:
+            self._new_run.clear()
         chain = self._chain
         if chain is None:
             self._gate(pcm, now, new_run)
