@@ -40,6 +40,11 @@ class Bob:
     def seal(self, f: AudioFrame) -> bytes:
         return self.sealer.seal(f.seq, f.timestamp, f.opus, fec=f.fec, end=f.end)
 
+    def send(self, receiver: Receiver, clock: Clock, frames: list[AudioFrame]) -> None:
+        """``frames``, sealed, arriving at ``receiver`` now."""
+        for f in frames:
+            receiver.on_frame(BOB, self.topic, self.seal(f), clock.now)
+
 
 def listener() -> tuple[Receiver, Clock]:
     clock = Clock()
@@ -62,8 +67,8 @@ def test_a_muted_speaker_plays_out_to_the_end_flag(opus_stream: Stream) -> None:
     frames[-1] = replace(frames[-1], end=True)
     receiver, clock = listener()
     bob = Bob()
-    for f in frames:  # the whole spurt is here, the last 60 ms still to be played ...
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    # The whole spurt is here, the last 60 ms still to be played ...
+    bob.send(receiver, clock, frames)
     heard = play(receiver, clock, 14)
     receiver.set_heard(frozenset())  # ... when the room state says bob is muted
     heard = np.concatenate([heard, play(receiver, clock, 10)])
@@ -78,12 +83,10 @@ def test_frames_after_the_mute_are_dropped_while_the_stream_drains(opus_stream: 
     frames = opus_stream(20)
     receiver, clock = listener()
     bob = Bob()
-    for f in frames[:10]:
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    bob.send(receiver, clock, frames[:10])
     play(receiver, clock, 4)
     receiver.set_heard(frozenset())
-    for f in frames[10:]:
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    bob.send(receiver, clock, frames[10:])
     assert receiver.stats().dropped_unheard == 10
     played = play(receiver, clock, 40)  # plays out what it held, then runs dry and goes
     assert np.abs(played[: 10 * 960]).max() > 1000
@@ -95,13 +98,11 @@ def test_a_speaker_heard_again_while_draining_keeps_playing(opus_stream: Stream)
     frames = opus_stream(30)
     receiver, clock = listener()
     bob = Bob()
-    for f in frames[:10]:
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    bob.send(receiver, clock, frames[:10])
     play(receiver, clock, 4)
     receiver.set_heard(frozenset())
     receiver.set_heard(frozenset({BOB}))  # unmuted before the old stream ran out
-    for f in frames[10:]:
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    bob.send(receiver, clock, frames[10:])
     s = receiver.stats()
     assert (s.frames_received, s.dropped_unheard) == (30, 0)
 
@@ -110,13 +111,11 @@ def test_late_frames_and_underruns_are_counted(opus_stream: Stream) -> None:
     frames = opus_stream(20)
     receiver, clock = listener()
     bob = Bob()
-    for f in frames[:5]:
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    bob.send(receiver, clock, frames[:5])
     play(receiver, clock, 10 + 6)  # 100 ms played; waited 60 ms for packet 5
-    for f in frames[6:8]:  # packet 5 is lost: 6 plays after concealment ...
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
+    bob.send(receiver, clock, frames[6:8])  # packet 5 is lost: 6 plays after concealment ...
     play(receiver, clock, 4)
-    receiver.on_frame(BOB, bob.topic, bob.seal(frames[5]), clock.now)  # ... 5 is late
+    bob.send(receiver, clock, frames[5:6])  # ... 5 is late
     s = receiver.stats()
     assert s.late == 1
     assert 50 <= s.underrun_ms <= 70
@@ -135,18 +134,14 @@ def test_a_heard_speaker_plays_and_then_falls_silent(opus_stream: Stream) -> Non
     frames[-1] = replace(frames[-1], end=True)
     receiver, clock = listener()
     bob = Bob()
-    blocks: list[bytes] = []
+    heard: list[np.ndarray] = []
     for i, f in enumerate(frames):
-        receiver.on_frame(BOB, bob.topic, bob.seal(f), clock.now)
-        for _ in range(2):  # two 10 ms playback periods per 20 ms packet
-            blocks.append(receiver.render())
-            clock.now += 0.010
+        bob.send(receiver, clock, [f])
+        heard.append(play(receiver, clock, 2))  # two 10 ms playback periods per packet
         assert receiver.stats().frames_received == i + 1
-    for _ in range(20):  # the spurt has ended (end flag): the stream idles
-        blocks.append(receiver.render())
-        clock.now += 0.010
-    played = np.frombuffer(b"".join(blocks[4:16]), dtype=np.int16)
-    assert rms(played) > 0.1  # the tone came through (of full scale)
-    assert all(block == bytes(PERIOD_SAMPLES * 2) for block in blocks[-5:])
+    heard.append(play(receiver, clock, 20))  # the spurt has ended (end flag): idle
+    played = np.concatenate(heard)
+    assert rms(played[4 * PERIOD_SAMPLES : 16 * PERIOD_SAMPLES]) > 0.1  # the tone came through
+    assert not played[-5 * PERIOD_SAMPLES :].any()
     assert receiver.stats().frames_concealed == 0
     receiver.close()

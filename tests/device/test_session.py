@@ -135,6 +135,13 @@ def server_client(broker: Broker, mqtt_client: MqttClientFactory) -> RecordingCl
     return server
 
 
+def in_room(rig: SessionRig, room_id: str = "r-1") -> None:
+    """Start the session and, once connected, subscribe it to ``room_id``."""
+    rig.call(rig.session.start)
+    rig.expect(Connected)
+    rig.call(lambda: rig.session.subscribe_room(room_id))
+
+
 # ---------------------------------------------------------------- backoff
 
 
@@ -179,9 +186,7 @@ def test_malformed_pushes_are_dropped_and_counted(
 ) -> None:
     server = server_client(broker, mqtt_client)
     rig = rigs(broker)
-    rig.call(rig.session.start)
-    rig.expect(Connected)
-    rig.call(lambda: rig.session.subscribe_room("r-1"))
+    in_room(rig)
     server.expect(topics.presence(USER))
     time.sleep(0.1)  # the subscription is in place (SUBACK comes back on its own)
     bad = [
@@ -209,9 +214,7 @@ def test_audio_frames_go_to_the_port_on_the_network_thread(
 ) -> None:
     server = server_client(broker, mqtt_client)
     rig = rigs(broker)
-    rig.call(rig.session.start)
-    rig.expect(Connected)
-    rig.call(lambda: rig.session.subscribe_room("r-1"))
+    in_room(rig)
     time.sleep(0.1)
     server.publish_wait(topics.audio("r-2", "bob"), b"other room", qos=0)
     server.publish_wait(topics.audio("r-1", "bob"), b"\x01\x00\x00\x01frame", qos=0)
@@ -327,9 +330,7 @@ def test_audio_frames_with_properties_or_qos_1_arrive_whole(
 ) -> None:
     server = server_client(broker, mqtt_client)
     rig = rigs(broker)
-    rig.call(rig.session.start)
-    rig.expect(Connected)
-    rig.call(lambda: rig.session.subscribe_room("r-1"))
+    in_room(rig)
     time.sleep(0.1)
     props = Properties(PacketTypes.PUBLISH)
     props.MessageExpiryInterval = 5
@@ -367,9 +368,7 @@ def test_a_retained_audio_frame_is_never_played(
     server = server_client(broker, mqtt_client)
     server.publish_wait(topics.audio("r-1", "bob"), b"stale, retained", qos=1, retain=True)
     rig = rigs(broker)
-    rig.call(rig.session.start)
-    rig.expect(Connected)
-    rig.call(lambda: rig.session.subscribe_room("r-1"))
+    in_room(rig)
     deadline = time.monotonic() + 5
     while rig.call(rig.session.stats)["audio_frames_dropped_in"] < 1:  # the retained one
         assert time.monotonic() < deadline, "the retained frame never arrived"
