@@ -77,6 +77,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance.protocol import topics
+from appliance.server.app import SHED_BACKLOG
 from benchmarks._common import (
     machine_cpu_seconds,
     machine_header,
@@ -1250,7 +1251,7 @@ def print_server_side(bench: Bench) -> None:
     if counters.get("dropped_overload"):
         print(
             "`dropped_overload`: requests the server dropped unread, neither applied nor "
-            "answered, while 10,000 of its messages waited for the broker "
+            f"answered, while {SHED_BACKLOG:,} of its messages waited for the broker "
             "(`SHED_BACKLOG` in appliance/server/app.py); their senders retry.\n"
         )
     if bench.broker_warnings:

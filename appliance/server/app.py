@@ -113,7 +113,7 @@ class Server:
         self._replies: list[_Reply] = []
         self._pending: list[Outcome] = []
         self._flush_scheduled = False
-        self.outbox = Outbox(self._publish_push, self._loop)
+        self.outbox = Outbox(self._publish, self._loop)
         self.janitor = Janitor(self._clear_retained, self.counters)
         self._sweeps: list[asyncio.TimerHandle] = []
 
@@ -488,13 +488,6 @@ class Server:
     def _on_publish(self, _c: paho.Client, _u: object, mid: int, _r: object, _p: object) -> None:
         self.outbox.acknowledged(mid)
 
-    def _publish_push(self, topic: str, payload: bytes) -> int | None:
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            self.counters["publish_errors"] += 1
-            return None
-        return info.mid
-
     def _publish(
         self,
         topic: str,
@@ -502,10 +495,13 @@ class Server:
         props: Properties | None = None,
         *,
         retain: bool = False,
-    ) -> None:
+    ) -> int | None:
+        """Publish at QoS 1; the message id, or None (counted) if paho refused it."""
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.counters["publish_errors"] += 1
+            return None
+        return info.mid
 
 
 def _request_options(*, retained: bool) -> SubscribeOptions:
