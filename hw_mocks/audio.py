@@ -832,6 +832,8 @@ class MockPyAudioModule:
     paContinue = paContinue  # noqa: N815
     paComplete = paComplete  # noqa: N815
     paAbort = paAbort  # noqa: N815
+    paInputOverflow = paInputOverflow  # noqa: N815
+    paOutputUnderflow = paOutputUnderflow  # noqa: N815
     paFramesPerBufferUnspecified = paFramesPerBufferUnspecified  # noqa: N815
 
     def __init__(self, hardware: MockHardware) -> None:

@@ -24,6 +24,8 @@ class PyAudioModule(Protocol):
     paInt16: int  # noqa: N815 - PyAudio's name
     paContinue: int  # noqa: N815
     paComplete: int  # noqa: N815
+    paInputOverflow: int  # noqa: N815 - callback status flags
+    paOutputUnderflow: int  # noqa: N815
 
     def PyAudio(self) -> Any: ...  # noqa: N802 - PyAudio's name
 

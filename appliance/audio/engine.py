@@ -45,9 +45,6 @@ END_GRACE_S = 0.25  # how long a closing spurt may take to send its last block
 FLOOR_DBFS = -100.0  # the lowest input level reported
 GATE_DBFS = -50.0  # without the chain: louder than this counts as speaking ...
 GATE_HANGOVER_S = 0.3  # ... until this long below it (not between words)
-# PortAudio's callback status flags paInputOverflow | paOutputUnderflow: samples were
-# lost on one side, so the speaker and microphone sample counts no longer line up.
-XRUN_FLAGS = 0x2 | 0x4
 _FULL_SCALE_SQ = 32768.0**2
 
 
@@ -126,6 +123,9 @@ class AudioEngine:
         # block starts a new run: the echo reference realigns, the level gate resets.
         # A late callback alone is no reason: its samples still come in order.
         self._new_run = threading.Event()
+        # Callback status flags saying samples were lost on one side: the speaker's and
+        # the microphone's sample counts no longer line up.
+        self._xrun_flags = pyaudio.paInputOverflow | pyaudio.paOutputUnderflow
         self._gate_until = 0.0
         self._capture = _Stream("input")
         self._playback = _Stream("output")
@@ -329,7 +329,7 @@ class AudioEngine:
             return None, self._pa_module.paContinue
         pcm = np.frombuffer(in_data, dtype=np.int16)
         now = self._clock()
-        if status & XRUN_FLAGS:
+        if status & self._xrun_flags:
             self._new_run.set()
         new_run = self._new_run.is_set()
         if new_run:
@@ -367,7 +367,7 @@ class AudioEngine:
     def _on_playback(
         self, _in: bytes | None, frames: int, _t: Any, status: int
     ) -> tuple[bytes, int]:
-        if status & XRUN_FLAGS:
+        if status & self._xrun_flags:
             self._new_run.set()
         block = self.receiver.render() if frames == PERIOD_SAMPLES else bytes(frames * 2)
         chain = self._chain
