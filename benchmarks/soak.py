@@ -250,12 +250,8 @@ class SoakClient(threading.Thread):
         if target is None:
             self.doubt = False
             return
-        self.doubt = True
-        response = self.call(m.Method.LOGIN_ROOM, room_id=target)
-        if response is None:
-            return
-        self.doubt = False
-        if response.code == 0:
+        response = self.call_in_doubt(m.Method.LOGIN_ROOM, room_id=target)
+        if response is not None and response.code == 0:
             self.member_of, self.hand, self.churned = target, False, False
 
     def leave(self) -> None:
@@ -263,13 +259,17 @@ class SoakClient(threading.Thread):
         if room is None:
             self.doubt = False
             return
-        self.doubt = True
-        response = self.call(m.Method.QUIT_ROOM, room_id=room)
-        if response is None:
-            return
-        self.doubt = False
-        if response.code in (0, 403, 404, 410):
+        response = self.call_in_doubt(m.Method.QUIT_ROOM, room_id=room)
+        if response is not None and response.code in (0, 403, 404, 410):
             self.member_of, self.hand = None, False
+
+    def call_in_doubt(self, method: m.Method, **payload: Any) -> m.Response | None:
+        """A room change: until it is answered, whether it happened is in doubt."""
+        self.doubt = True
+        response = self.call(method, **payload)
+        if response is not None:
+            self.doubt = False
+        return response
 
     def toggle_hand(self) -> None:
         room, want = self.member_of, not self.hand
