@@ -38,20 +38,16 @@ thread instead, driving paho's documented external-loop API (``loop_read``,
   pattern, and the next attempt waits 30-60 s, doubling with every takeover up to
   7.5-15 minutes; the count is forgotten only after a connection that lasted 30
   minutes. The two devices then take turns, ever more rarely, instead of fighting.
-* The socket is used under one lock (:attr:`AudioFastClient.io_lock`), held by this
-  thread while it reads and writes, never while it sleeps in ``select``. The event
-  loop queues its packets with ``publish`` and wakes the thread (paho would otherwise
-  write from the publishing thread, unlocked). An audio frame is written by the
-  capture thread itself when the lock is free and nothing is queued ahead of it:
-  waking this thread for each of 50 frames a second cost more CPU than the write
-  (benchmarks.footprint); otherwise the frame is queued like any packet.
+* Only this thread writes to the socket. Other threads (the event loop, the audio
+  capture thread) queue packets with ``publish`` and wake it; paho would otherwise
+  write from the publishing thread too, and two writers can interleave a partial
+  write on the TCP stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import random
@@ -112,14 +108,6 @@ AudioSink = Callable[[bytes, bytes, bool], None]
 """``(topic, payload, retain)`` of a QoS 0 audio frame, on the network thread."""
 
 
-class AudioSend(enum.Enum):
-    """What :meth:`AudioFastClient.send_audio` did with a frame."""
-
-    WRITTEN = "written"
-    QUEUED = "queued"
-    NO_LINK = "no link"
-
-
 class AudioFastClient(paho.Client):
     """paho's client with a short path for QoS 0 audio frames, both ways.
 
@@ -139,48 +127,20 @@ class AudioFastClient(paho.Client):
 
     audio_sink: AudioSink | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.io_lock = threading.Lock()
-        """Held by whoever reads or writes the socket (see the module docstring)."""
-
-    def send_audio(self, topic: bytes, payload: bytes) -> AudioSend:
-        """Send a QoS 0 PUBLISH (no properties) from any thread without blocking:
-        written now if the socket is free and nothing waits ahead of it, else queued
-        for the network thread (which the caller then wakes)."""
+    def queue_audio(self, topic: bytes, payload: bytes) -> bool:
+        """Queue a QoS 0 PUBLISH (no properties) for the network thread to write; any
+        thread. False without a connection."""
         if self._sock is None:
-            return AudioSend.NO_LINK
+            return False
         packet = bytearray((_PUBLISH_QOS0,))
         self._pack_remaining_length(packet, 2 + len(topic) + 1 + len(payload))
         packet += len(topic).to_bytes(2, "big")
         packet += topic
         packet.append(0)  # properties: none
         packet += payload
-        if not self._out_packet and self.io_lock.acquire(blocking=False):
-            try:
-                written = self._write_now(packet)
-            finally:
-                self.io_lock.release()
-            if written == len(packet):
-                return AudioSend.WRITTEN
-            del packet[:written]
         # Queued as a raw packet (command 0): written as is, no publish bookkeeping.
         self._packet_queue(0, packet, 0, 0)
-        return AudioSend.QUEUED
-
-    def _write_now(self, packet: bytearray) -> int:
-        """Bytes of ``packet`` written at once (under :attr:`io_lock`): all, a plain
-        socket's partial write, or none (busy, not yet connected, or gone: the network
-        thread sees to it)."""
-        if self._out_packet or not self.is_connected():  # re-checked under the lock
-            return 0
-        try:
-            written = self._sock_send(packet)
-        except OSError:  # BlockingIOError (a full buffer) included
-            return 0
-        if written == len(packet):
-            self._last_msg_out = time.monotonic()  # paho's keepalive clock
-        return written
+        return True
 
     def _handle_publish(self) -> MQTTErrorCode:
         sink, header = self.audio_sink, self._in_packet["command"]
@@ -386,13 +346,12 @@ class MqttSession:
         if not self._link_up or room_id != self._room:
             self.frames_dropped_out += 1
             return
-        sent = self._client.send_audio(topics.audio(room_id, self.user_id).encode(), payload)
-        if sent is AudioSend.NO_LINK:
+        queued = self._client.queue_audio(topics.audio(room_id, self.user_id).encode(), payload)
+        self._wake()
+        if queued:
+            self.frames_out += 1
+        else:
             self.frames_dropped_out += 1
-            return
-        if sent is AudioSend.QUEUED:
-            self._wake()
-        self.frames_out += 1
 
     def _wake(self) -> None:
         # One byte is enough: the network thread drains them all and then looks at
@@ -518,13 +477,12 @@ class MqttSession:
         try:
             client = self._client if self._reported is None else self._new_client()
             self._client = client
-            with client.io_lock:  # no frame may overtake the CONNECT
-                client.connect(
-                    self._broker.host,
-                    self._broker.port,
-                    keepalive=self._broker.keepalive_s,
-                    clean_start=True,
-                )
+            client.connect(
+                self._broker.host,
+                self._broker.port,
+                keepalive=self._broker.keepalive_s,
+                clean_start=True,
+            )
         except Exception as exc:  # OSError, ssl.SSLError, an unreadable password file
             where = f"{self._broker.host}:{self._broker.port}"
             self._link_down(f"cannot connect to {where}: {explain_error(exc)}")
@@ -542,7 +500,7 @@ class MqttSession:
             self._link_down("the connection was lost")
         return self._was_up
 
-    def _serve(self, client: AudioFastClient) -> None:
+    def _serve(self, client: paho.Client) -> None:
         disconnecting = False
         while True:
             sock = client.socket()
@@ -551,9 +509,8 @@ class MqttSession:
             if self._stopping.is_set() and not disconnecting:
                 disconnecting = True
                 client.disconnect()  # queued here, written below; paho then closes
-            with client.io_lock:
-                pending = getattr(sock, "pending", None)  # bytes already decrypted by TLS
-                timeout = 0.0 if callable(pending) and pending() > 0 else SELECT_TIMEOUT_S
+            pending = getattr(sock, "pending", None)  # bytes already decrypted by TLS
+            timeout = 0.0 if callable(pending) and pending() > 0 else SELECT_TIMEOUT_S
             wants = [sock] if client.want_write() else []
             try:
                 readable, _, _ = select.select([sock, self._wake_r], wants, [], timeout)
@@ -561,12 +518,11 @@ class MqttSession:
                 return  # the socket was closed under us
             if self._wake_r in readable:
                 self._drain_wake()
-            with client.io_lock:
-                if sock in readable or timeout == 0.0:
-                    client.loop_read()
-                if client.want_write():
-                    client.loop_write()
-                client.loop_misc()
+            if sock in readable or timeout == 0.0:
+                client.loop_read()
+            if client.want_write():
+                client.loop_write()
+            client.loop_misc()
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(OSError):

@@ -33,14 +33,13 @@ from appliance.device.events import (
     ResponseReceived,
     RoomStateReceived,
 )
-from appliance.device.session import AudioSend, MqttSession, _audio_publish
+from appliance.device.session import MqttSession, _audio_publish
 from appliance.mqtt import backoff_delay, publish_properties
 from appliance.protocol import topics
 from appliance.protocol.models import InviteExpired, SetUserInfoRequest, dump
 from appliance.settings import BrokerSettings
 from testbed import Broker, MqttClientFactory, RecordingClient
 from testbed.broker import SHIPPED_ACL
-from testbed.daemons import wait_until
 
 USER = "pi-s"
 SERVER = "gochat-server"
@@ -239,62 +238,6 @@ def test_audio_frames_go_to_the_port_on_the_network_thread(
     stats = rig.call(rig.session.stats)
     assert (stats["audio_frames_in"], stats["audio_frames_out"]) == (2, 1)
     assert stats["audio_frames_dropped_out"] == 1
-
-
-def _audio_payloads(server: RecordingClient, n: int, timeout_s: float = 10.0) -> list[bytes]:
-    """The next ``n`` audio payloads the stand-in server receives, in arrival order."""
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n:
-        message = server.messages.get(timeout=max(0.01, deadline - time.monotonic()))
-        if "/audio/" in message.topic:
-            got.append(bytes(message.payload))
-    return got
-
-
-def test_a_frame_is_written_by_its_own_thread_unless_the_socket_is_busy(
-    broker: Broker, mqtt_client: MqttClientFactory, rigs: Callable[..., SessionRig]
-) -> None:
-    server = server_client(broker, mqtt_client)
-    rig = rigs(broker)
-    in_room(rig)
-    client = rig.session._client
-    topic = topics.audio("r-1", USER).encode()
-    wait_until(
-        lambda: bool(client._out_packet) or client.io_lock.locked(),
-        lambda busy: not busy,
-        what="the network thread idle",
-    )
-    assert client.send_audio(topic, b"direct") is AudioSend.WRITTEN
-    with client.io_lock:  # as while the network thread reads or writes
-        assert client.send_audio(topic, b"queued") is AudioSend.QUEUED
-        rig.session._wake()
-    # Whatever waits in paho's queue goes first: the next frame never overtakes it.
-    client.send_audio(topic, b"after")
-    rig.session._wake()
-    assert _audio_payloads(server, 3) == [b"direct", b"queued", b"after"]
-
-
-def test_frames_and_requests_from_two_threads_arrive_whole_and_in_order(
-    broker: Broker, mqtt_client: MqttClientFactory, rigs: Callable[..., SessionRig]
-) -> None:
-    server = server_client(broker, mqtt_client)
-    rig = rigs(broker)
-    in_room(rig)
-    frames = [i.to_bytes(2, "big") * 60 for i in range(400)]
-
-    def capture() -> None:
-        for frame in frames:
-            rig.session.publish_audio("r-1", frame)
-
-    sender = threading.Thread(target=capture)
-    sender.start()
-    for tag in range(100):  # QoS 1 requests queued by the event loop meanwhile
-        request = SetUserInfoRequest(room_id="r-1", user_id=USER, mic_on=tag % 2 == 0)
-        rig.call(lambda t=tag, r=request: rig.session.send_request(t, r))
-    sender.join()
-    assert _audio_payloads(server, len(frames)) == frames
-    assert rig.call(rig.session.stats)["audio_frames_out"] == len(frames)
 
 
 def test_a_request_nobody_listens_to_is_undelivered_at_once(
