@@ -240,17 +240,6 @@ def test_audio_frames_go_to_the_port_on_the_network_thread(
     assert stats["audio_frames_dropped_out"] == 1
 
 
-def _audio_payloads(server: RecordingClient, n: int, timeout_s: float = 10.0) -> list[bytes]:
-    """The next ``n`` audio payloads the stand-in server receives, in arrival order."""
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n:
-        message = server.messages.get(timeout=max(0.01, deadline - time.monotonic()))
-        if "/audio/" in message.topic:
-            got.append(bytes(message.payload))
-    return got
-
-
 def test_frames_and_requests_from_two_threads_arrive_whole_and_in_order(
     broker: Broker, mqtt_client: MqttClientFactory, rigs: Callable[..., SessionRig]
 ) -> None:
@@ -269,7 +258,8 @@ def test_frames_and_requests_from_two_threads_arrive_whole_and_in_order(
         request = SetUserInfoRequest(room_id="r-1", user_id=USER, mic_on=tag % 2 == 0)
         rig.call(lambda t=tag, r=request: rig.session.send_request(t, r))
     sender.join()
-    assert _audio_payloads(server, len(frames)) == frames
+    ours = topics.audio("r-1", USER)
+    assert [bytes(server.expect(ours).payload) for _ in frames] == frames
     assert rig.call(rig.session.stats)["audio_frames_out"] == len(frames)
 
 
