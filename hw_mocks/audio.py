@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import struct
 import threading
 import time
@@ -858,6 +859,7 @@ def mock_pyaudio(
     echo_spec: str = "off",
     noise_spec: str = "off",
     output_keep_s: float | None = None,
+    room_seed: int | None = None,
 ) -> MockPyAudioModule:
     """A fake ``pyaudio`` module whose mic hears ``input_spec`` and records to ``output``.
 
@@ -865,16 +867,20 @@ def mock_pyaudio(
     names a file (see :class:`CallbackTrace`). ``echo_spec`` and ``noise_spec``: the
     stand-in room (:mod:`.room`; ``off`` by default: the mic hears the source alone).
     ``output_keep_s``: bound the recording to a ring of two files (:class:`WavRecorder`).
+    ``room_seed``: draws the room's impulse response and noise; by default a fresh one,
+    so two cards are two rooms (one seed for all would put the same noise in every
+    microphone, correlated between a talker's stream and a listener's own room).
     """
     echo = parse_echo_spec(echo_spec)
     noise = parse_noise_spec(noise_spec)
+    seed = secrets.randbits(32) if room_seed is None else room_seed
     hardware = MockHardware(
         source_from_spec(input_spec),
         output,
         unplug_file,
         trace or trace_from_env(),
-        echo=EchoPath(echo) if echo is not None else None,
-        noise=NoiseSource(noise) if noise is not None else None,
+        echo=EchoPath(echo, seed=seed) if echo is not None else None,
+        noise=NoiseSource(noise, seed=seed + 1) if noise is not None else None,
         output_keep_s=output_keep_s,
     )
     return MockPyAudioModule(hardware)

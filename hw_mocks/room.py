@@ -46,6 +46,8 @@ _CLIP_DRIVE: Final = 1.5  # tanh drive: unity small-signal gain, peaks compresse
 _DECIMATE_TAPS_PER_PHASE: Final = 16
 _NOISE_TABLE_S: Final = 8.0  # pink/white noise loops this long (inaudible as a loop)
 _PINK_LOW_HZ: Final = 20.0  # below this the 1/f shaping is flat (no DC drift)
+NOISE_RATES: Final = (48_000, 16_000)
+"""Rates whose noise tables are drawn up front (the rates a voice card is opened at)."""
 _HUM_HZ: Final = 50.0
 _HUM_HARMONICS: Final = (1.0, 0.5, 0.35, 0.2, 0.1)  # 50, 100, ... 250 Hz
 
@@ -274,15 +276,22 @@ class NoiseSource:
 
     Pink (white shaped to 1/f by FFT) and white noise loop a seeded table of
     ``8 s``; hum is 50 Hz plus four harmonics. Every kind is scaled to exactly
-    ``level_dbfs`` RMS, and the same frames always give the same samples.
+    ``level_dbfs`` RMS, and the same frames always give the same samples. The tables of
+    ``rates`` are drawn here, not on the first read: drawing one takes tens of ms, which
+    a microphone's first block must not wait for (a real room's noise costs nothing).
     """
 
-    def __init__(self, spec: NoiseSpec, *, seed: int = 1) -> None:
+    def __init__(
+        self, spec: NoiseSpec, *, seed: int = 1, rates: tuple[int, ...] = NOISE_RATES
+    ) -> None:
         self.spec = spec
         self.seed = seed
         self._rms = FULL_SCALE * 10 ** (spec.level_dbfs / 20)
         self._tables: dict[int, Float64Array] = {}
         self._lock = threading.Lock()
+        if spec.kind != "hum":
+            for rate in rates:
+                self._table(rate)
 
     def read(self, n: int, rate: int, at_frame: int) -> Float64Array:
         """``n`` samples of noise at ``rate`` from frame ``at_frame`` on (int16 scale)."""

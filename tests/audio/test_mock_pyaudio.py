@@ -360,7 +360,7 @@ def test_the_room_echoes_the_speaker_into_the_mic_at_its_level_and_delay() -> No
 
 
 def test_the_rooms_noise_is_heard_at_its_level_and_nothing_else_changes() -> None:
-    module = mock.mock_pyaudio("tone:1000:0.1", noise_spec="pink:-40")
+    module = mock.mock_pyaudio("tone:1000:0.1", noise_spec="pink:-40", room_seed=1)
     pa = module.PyAudio()
     stream = pa.open(RATE, 1, mock.paInt16, input=True, frames_per_buffer=960)
     pcm = np.frombuffer(stream.read(RATE // 2), dtype=np.int16).astype(np.float64)
