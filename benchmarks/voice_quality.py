@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio import opus
+from appliance.audio.config import HandsFreeConfig
 from appliance.audio.processing import CaptureChain
 from appliance.audio.profile import PROFILES, Profile
 from benchmarks._common import machine_header, markdown_table, verdict
@@ -227,7 +228,7 @@ def rows() -> list[Row]:
             rate = profile.capture_rate
 
             def make(rate: int = rate, switches: dict[str, bool] = switches) -> CaptureChain:
-                return CaptureChain(rate, **switches)
+                return CaptureChain(rate, HandsFreeConfig.switched(**switches))
 
             out.append(measure(profile, variant, make, opus_us))
     return out

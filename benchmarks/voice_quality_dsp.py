@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio import opus
+from appliance.audio.config import HandsFreeConfig
 from appliance.audio.processing import CaptureChain, Decimator, ReferenceRing
 from benchmarks._common import machine_header, markdown_table, verdict
 from hw_mocks.audio import read_wav_mono
@@ -330,7 +331,7 @@ def opus_encode_20ms_us() -> float:
 
 def makers(rate: int) -> dict[str, Callable[..., Any]]:
     out: dict[str, Callable[..., Any]] = {
-        "WebRTC (pywebrtc-audio)": lambda **kw: CaptureChain(rate, **kw)
+        "WebRTC (pywebrtc-audio)": lambda **kw: CaptureChain(rate, HandsFreeConfig.switched(**kw))
     }
     try:
         _speex()

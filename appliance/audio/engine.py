@@ -96,6 +96,8 @@ class AudioEngine:
         pyaudio: PyAudioModule,
         hooks: AudioHooks,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        chain: CaptureChain | None = None,
     ) -> None:
         self.config = config
         self.profile: Profile = PROFILES[config.profile]
@@ -115,7 +117,9 @@ class AudioEngine:
             ),
             clock,
         )
-        self._chain = _capture_chain(config, self.profile.capture_rate)
+        self._chain = chain
+        if chain is not None and chain.rate != self.profile.capture_rate:
+            raise ValueError(f"a {chain.rate} Hz chain for {self.profile.capture_rate} Hz capture")
         self._reference_factor = PLAYBACK_RATE // self.profile.capture_rate
         self._speaking = False  # written by the capture thread, read by stats()
         self._input_level: float | None = None
@@ -171,6 +175,11 @@ class AudioEngine:
         """A frame of the current room arrived (MQTT network thread)."""
         self.receiver.on_frame(user_id, topics.audio(room_id, user_id), payload, arrival)
 
+    @property
+    def chain(self) -> CaptureChain | None:
+        """The hands-free chain captured audio goes through (None: none, or it failed)."""
+        return self._chain
+
     def stats(self) -> AudioStats:
         """Counters for ``/status``."""
         received = self.receiver.stats()
@@ -185,6 +194,7 @@ class AudioEngine:
             late_frames=received.late,
             speaking=capturing and self._speaking,
             input_level_dbfs=self._input_level if capturing else None,
+            howl_events=0 if self._chain is None else self._chain.howl_events,
         )
 
     def close(self) -> None:
@@ -323,7 +333,7 @@ class AudioEngine:
     # ------------------------------------------------------------ PortAudio threads
 
     def _on_capture(
-        self, in_data: bytes | None, _frames: int, _t: Any, status: int
+        self, in_data: bytes | None, _frames: int, time_info: Any, status: int
     ) -> tuple[None, int]:
         if in_data is None:
             return None, self._pa_module.paContinue
@@ -341,7 +351,7 @@ class AudioEngine:
             if new_run:
                 chain.restart()  # a stream (re)opened or lost samples: realign the reference
             try:
-                pcm = chain.process(pcm)
+                pcm = chain.process(pcm, _stamp(time_info, "input_buffer_adc_time"))
             except Exception:  # the chain must never take the microphone down with it
                 log.exception("capture chain failed: sending unprocessed audio from now on")
                 self._chain = None
@@ -365,26 +375,33 @@ class AudioEngine:
         self._speaking = now < self._gate_until
 
     def _on_playback(
-        self, _in: bytes | None, frames: int, _t: Any, status: int
+        self, _in: bytes | None, frames: int, time_info: Any, status: int
     ) -> tuple[bytes, int]:
         if status & self._xrun_flags:
             self._new_run.set()
         block = self.receiver.render() if frames == PERIOD_SAMPLES else bytes(frames * 2)
         chain = self._chain
         if chain is not None and frames % self._reference_factor == 0:
-            chain.render(np.frombuffer(block, dtype=np.int16))  # exactly what is played
+            played = np.frombuffer(block, dtype=np.int16)  # exactly what is played
+            chain.render(played, _stamp(time_info, "output_buffer_dac_time"))
         return block, self._pa_module.paContinue
 
 
-def _capture_chain(config: AudioConfig, rate: int) -> CaptureChain | None:
-    """The hands-free chain the config asks for; None with every stage off (no cost) or
-    if the WebRTC module cannot be loaded (then unprocessed audio is sent)."""
-    stages = {
-        "echo_cancellation": config.echo_cancellation,
-        "noise_suppression": config.noise_suppression,
-        "auto_gain": config.auto_gain,
-    }
-    if not any(stages.values()):
+def _stamp(time_info: Any, key: str) -> float | None:
+    """A PortAudio callback time stamp (0 where the host API keeps none)."""
+    try:
+        value = float(time_info[key])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def capture_chain(config: AudioConfig) -> CaptureChain | None:
+    """The hands-free chain ``config`` asks for, at its profile's capture rate; None with
+    every stage off (no cost) or if the WebRTC module cannot be loaded (then
+    unprocessed audio is sent)."""
+    hands_free = config.hands_free
+    if not hands_free.any_stage:
         return None
     try:
         from appliance.audio.processing import CaptureChain  # noqa: PLC0415 - optional
@@ -395,4 +412,4 @@ def _capture_chain(config: AudioConfig, rate: int) -> CaptureChain | None:
             exc,
         )
         return None
-    return CaptureChain(rate, **stages)
+    return CaptureChain(PROFILES[config.profile].capture_rate, hands_free)

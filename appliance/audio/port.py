@@ -61,6 +61,8 @@ class AudioStats:
     input_level_dbfs: float | None = None
     """Level of the captured audio after the chain, dBFS, one decimal, at least -100.0;
     None while capture is closed (not publishing)."""
+    howl_events: int = 0
+    """Times the howl guard found acoustic feedback in the outgoing stream and cut it."""
 
     def as_status(self) -> dict[str, Any]:
         """The ``audio`` object of the ``/status`` payload."""
@@ -74,6 +76,7 @@ class AudioStats:
             "late_frames": self.late_frames,
             "speaking": self.speaking,
             "input_level_dbfs": self.input_level_dbfs,
+            "howl_events": self.howl_events,
         }
 
 

@@ -2,9 +2,11 @@
 
 The box's own speaker is heard by its own microphone. Before encoding, every captured
 block goes through WebRTC's audio processing module (the ``pywebrtc-audio`` binding):
-AEC3 echo cancellation against exactly what the speaker played, noise suppression, AGC2
-automatic gain control, and a debounced voice-activity decision from its speech
-probability. Each stage is a switch (DEVICE.md, Sound).
+AEC3 echo cancellation against exactly
+what the speaker played, noise suppression, AGC2 automatic gain control held while only
+the far end is heard, a debounced voice-activity decision from its speech probability,
+and last the howl guard (:mod:`.howl`). The chain is built from one
+:class:`~appliance.audio.config.HandsFreeConfig`; each stage is a switch in ``[audio]``.
 
 Two threads meet here, and only through a small reference ring buffer:
 
@@ -18,8 +20,9 @@ Two threads meet here, and only through a small reference ring buffer:
 
 The delay between the reference and its echo in the capture differs on every card and
 is never configured: AEC3's delay estimator finds it (the hint is left at 0). The ring
-only keeps the two streams on one sample clock and starts each capture run on the most
-recent reference, so the echo always comes *after* its reference.
+keeps the two streams on one sample clock and starts each capture run on the reference
+played when the run's first block was captured (by the streams' time stamps), so the
+echo always comes *after* its reference, and close enough for AEC3 to find it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from appliance.audio.config import GainTuning, HandsFreeConfig
+from appliance.audio.howl import HowlGuard
 from appliance.audio.profile import PLAYBACK_RATE
 
 try:
@@ -47,19 +52,14 @@ Float32Array = npt.NDArray[np.float32]
 RATES: Final = (16_000, 32_000, 48_000)
 """Capture rates the chain runs at (WebRTC's native band rates; the reference is 48 kHz)."""
 FRAME_MS: Final = 10  # WebRTC processes 10 ms frames
-NS_LEVEL: Final = 2  # "high", 18 dB: Chrome's default; 12 dB left pink noise audible
-AGC_MAX_GAIN_DB: Final = 30.0  # a quiet talker a metre away, not a whisper across the room
-AGC_HEADROOM_DB: Final = 8.0
-"""AGC2 aims the speech peaks this far under full scale. Its default, 5 dB, brings speech
-to ~-16 dBFS RMS, where its limiter squashes every voiced peak: wideband PESQ of a lone
-near talker fell from 3.69 (no AGC) to 2.89; at 8 dB (~-19 dBFS RMS) it is 3.47
-(benchmarks/voice_quality.py)."""
 RING_MS: Final = 500  # reference kept while capture is closed or late
 MARGIN_MS: Final = 10  # reference kept back at a (re)start: one playback period of jitter
 # Reference further ahead than this: the two clocks drifted apart (or capture lost
 # samples): resync. A capture callback merely late still delivers its samples in order,
 # so a stall shorter than this keeps the alignment the echo canceller has learned.
 SLACK_MS: Final = 250
+AHEAD_MS: Final = 60  # capture read this much reference before it was played: realign
+TOLERANCE_MS: Final = 30  # off the streams' time stamps by more: realign (a lost period)
 SPEECH_PROBABILITY: Final = 0.5
 MIN_SPEECH_DBFS: Final = -60.0  # quieter than this after AEC and NS is no talker
 MIN_KEPT_DB: Final = -15.0  # AEC and NS took more than this off: echo or noise, not speech
@@ -69,9 +69,12 @@ FLOOR_DBFS: Final = -100.0
 """What :attr:`CaptureChain.level_dbfs` reads when nobody speaks."""
 LEVEL_ATTACK: Final = 0.5  # per 10 ms frame: a meter that rises within ~30 ms ...
 LEVEL_RELEASE: Final = 0.05  # ... and falls over ~200 ms
+FAR_ACTIVE_DBFS: Final = -55.0  # a reference louder than this: the far end is heard ...
+FAR_HANGOVER_FRAMES: Final = 30  # ... and its echo rings on 300 ms (a room's tail)
 _FULL_SCALE_SQ: Final = 32768.0**2
 MIN_SPEECH_POWER: Final = _FULL_SCALE_SQ * 10 ** (MIN_SPEECH_DBFS / 10)
 MIN_KEPT_RATIO: Final = 10 ** (MIN_KEPT_DB / 10)
+FAR_ACTIVE_POWER: Final = _FULL_SCALE_SQ * 10 ** (FAR_ACTIVE_DBFS / 10)
 _DECIMATE_TAPS_PER_PHASE: Final = 16
 
 
@@ -82,6 +85,17 @@ class ReferenceRing:
     (converted to the capture rate). ``write`` appends; ``read(n)`` returns the next
     ``n`` positions, zeros where playback has not written them yet (those samples are
     then skipped when they arrive, so the two clocks never slide against each other).
+
+    Where a capture run starts on the reference is what decides whether the echo
+    canceller can work at all: the echo of a played sample must come *after* it, and
+    within the canceller's reach. Both PortAudio streams stamp their blocks on one
+    monotonic clock (the DAC time of a played block, the ADC time of a captured one),
+    so a run starts on the reference played when its first block was captured, less a
+    margin. Without time stamps it starts on the newest reference, which is right only
+    if the first capture block is on time: one held up while playback went on (a
+    callback late at the mic's opening) would start the run ahead, and its catch-up
+    burst would then read reference that was never played: silence, for the whole run.
+    Reading ahead of playback for longer than :data:`AHEAD_MS` therefore realigns too.
     """
 
     def __init__(self, rate: int) -> None:
@@ -89,39 +103,78 @@ class ReferenceRing:
         self._buf = np.zeros(rate * RING_MS // 1000, dtype=np.int16)
         self._margin = rate * MARGIN_MS // 1000
         self._slack = rate * SLACK_MS // 1000
+        self._ahead_limit = rate * AHEAD_MS // 1000
+        self._tolerance = rate * TOLERANCE_MS // 1000
         self._written = 0  # positions written so far (the next write goes here)
         self._read: int | None = None  # next position to read; None: resync first
+        self._ahead = 0  # positions read before playback wrote them, in a row
+        self._anchor: tuple[int, float] | None = None  # (position, its DAC time)
         self._lock = threading.Lock()
-        self.resyncs = 0  # times the capture side restarted on the newest reference
+        self.resyncs = 0  # times the capture side (re)started its run on the reference
 
-    def write(self, pcm: Int16Array) -> None:
-        """Append reference samples (the playback thread)."""
+    def write(self, pcm: Int16Array, dac_time: float | None = None) -> None:
+        """Append reference samples (the playback thread); ``dac_time``: when the first
+        of them leaves the speaker (``time.monotonic()`` seconds), if known."""
         size, total = len(self._buf), len(pcm)
         pcm = pcm[-size:]  # a block longer than the ring: only its end can still be read
         with self._lock:
+            if dac_time:
+                self._anchor = (self._written, dac_time)
             start = (self._written + total - len(pcm)) % size
             first = min(len(pcm), size - start)  # the ring wraps at most once
             self._buf[start : start + first] = pcm[:first]
             self._buf[: len(pcm) - first] = pcm[first:]
             self._written += total
 
-    def read(self, out: Int16Array) -> None:
-        """Fill ``out`` with the next reference samples (the capture thread)."""
+    def read(self, out: Int16Array, adc_time: float | None = None) -> None:
+        """Fill ``out`` with the next reference samples (the capture thread);
+        ``adc_time``: when the first of them was captured, if known."""
         n, size = len(out), len(self._buf)
         with self._lock:
-            if self._read is None or self._written - self._read > n + self._margin + self._slack:
-                self._read = max(0, self._written - n - self._margin)
+            by_time = self._position_at(adc_time)
+            if self._misaligned(n, by_time):
+                self._read = self._clamp(n, by_time)
+                self._ahead = 0
                 self.resyncs += 1
+            assert self._read is not None
             lo, count = self._read, max(0, min(n, self._written - self._read))
             self._read += n
+            self._ahead = self._ahead + n - count if count < n else 0
             start = lo % size
             first = min(count, size - start)  # the ring wraps at most once
             out[:first] = self._buf[start : start + first]
             out[first:count] = self._buf[: count - first]
         out[count:] = 0  # not played yet: silence now, and skipped when it comes
 
+    def _position_at(self, adc_time: float | None) -> int | None:
+        """The reference position played at ``adc_time``, a margin back (None: unknown)."""
+        if not adc_time or self._anchor is None:
+            return None
+        position, dac_time = self._anchor
+        offset = adc_time - dac_time
+        if abs(offset) > RING_MS / 1000:  # not one clock, or stale: trust the count
+            return None
+        return position + round(offset * self.rate) - self._margin
+
+    def _misaligned(self, n: int, by_time: int | None) -> bool:
+        """Whether the run must (re)start: new, reading unplayed reference, or off the
+        time stamps by more than :data:`TOLERANCE_MS` (or, without them, by more than
+        :data:`SLACK_MS` behind: clocks drifted or samples were lost)."""
+        if self._read is None or self._ahead > self._ahead_limit:
+            return True
+        if by_time is not None:
+            return abs(self._read - by_time) > self._tolerance
+        return self._written - self._read > n + self._margin + self._slack
+
+    def _clamp(self, n: int, by_time: int | None) -> int:
+        """Where a run starts: ``by_time`` if known, else the newest reference (both
+        within what the ring holds and what was played)."""
+        newest = self._written - n - self._margin
+        at = newest if by_time is None else min(by_time, self._written - n)
+        return max(0, self._written - len(self._buf), at)
+
     def restart(self) -> None:
-        """The next read starts on the newest reference (a new capture run)."""
+        """The next read starts a new run (see the class's docstring for where)."""
         with self._lock:
             self._read = None
 
@@ -218,53 +271,97 @@ def _power(frame: Int16Array) -> float:
     return float(np.dot(x, x)) / len(x)
 
 
-class CaptureChain:
-    """Capture -> echo cancellation -> noise suppression -> AGC -> voice activity.
+class FarEnd:
+    """Whether the far end is heard: its reference, with a hangover for the room's tail."""
 
-    ``render`` on the playback thread, ``process`` on the capture thread; ``speaking``
-    and ``level_dbfs`` may be read from anywhere (plain attribute reads).
+    def __init__(self) -> None:
+        self._left = 0  # frames the far end still counts as heard
+
+    def update(self, far: Int16Array | None) -> bool:
+        """One 10 ms reference frame (None: no reference); True while heard."""
+        if far is not None and _power(far) >= FAR_ACTIVE_POWER:
+            self._left = FAR_HANGOVER_FRAMES
+        elif self._left:
+            self._left -= 1
+        return self._left > 0
+
+
+class GainStage:
+    """WebRTC AGC2, fed the chain's own voice decision, and held on the far end.
+
+    AGC2 starts at +15 dB, a gain chosen for nobody: until the first near-end speech
+    sets it, the stage leaves the level alone (a silent listener on stage sent its
+    residual echo and noise 15 dB louder than it had to). Left to its own voice
+    detector it takes residual echo for speech and raises it by ~20 dB, so it gets the
+    chain's decision instead. And while the far end is heard and nobody near speaks,
+    what is left is residual echo or a feedback tone: the stage then neither adapts nor
+    amplifies (its output fades to its input over one frame, and back).
     """
 
-    def __init__(
-        self,
-        rate: int,
-        *,
-        echo_cancellation: bool = True,
-        noise_suppression: bool = True,
-        auto_gain: bool = True,
-    ) -> None:
+    def __init__(self, rate: int, tuning: GainTuning) -> None:
+        self.tuning = tuning
+        self._agc: Any = pywebrtc_audio.GainController(
+            sample_rate=rate, max_gain_db=tuning.max_gain_db, headroom_db=tuning.headroom_db
+        )
+        self._started = False
+        self._mix = 0.0  # 1: the AGC's output, 0: its input (held)
+
+    @property
+    def gain_db(self) -> float:
+        """AGC2's gain now (0 before the first near-end speech)."""
+        return float(self._agc.gain_db) if self._started else 0.0
+
+    def process(self, frame: Int16Array, speech: bool, far_heard: bool) -> None:
+        """One 10 ms frame, in place."""
+        if not (speech or self._started):
+            return
+        self._started = True
+        hold = self.tuning.hold_on_far_end and far_heard and not speech
+        gained: Int16Array = self._agc.process(frame, 0.0 if hold else float(speech))
+        mix = 0.0 if hold else 1.0
+        if mix != self._mix:  # a fade over the frame: no click
+            ramp = np.linspace(self._mix, mix, len(frame), dtype=np.float32)
+            frame[:] = np.rint(frame + ramp * (gained.astype(np.float32) - frame)).astype(np.int16)
+        elif mix:
+            frame[:] = gained
+        self._mix = mix
+
+
+class CaptureChain:
+    """Capture -> echo cancellation -> noise suppression -> gain -> voice activity, and
+    the howl guard on what leaves.
+
+    Built from a :class:`~appliance.audio.config.HandsFreeConfig` (a stage is off where
+    its tuning is ``None``). ``render`` on the playback thread, ``process`` on the
+    capture thread; ``speaking``, ``level_dbfs`` and ``howl_events`` may be read from
+    anywhere (plain attribute reads).
+    """
+
+    def __init__(self, rate: int, config: HandsFreeConfig | None = None) -> None:
         if rate not in RATES:
             raise ValueError(f"capture rate must be one of {RATES}, not {rate}")
+        config = HandsFreeConfig() if config is None else config
         self.rate = rate
-        self.echo_cancellation = echo_cancellation
+        self.config = config
+        self.echo_cancellation = config.echo is not None
         self.frame = rate * FRAME_MS // 1000
-        # Separate modules rather than the binding's AudioProcessor: at 32 and 48 kHz
-        # (0.2.0) that one ignores ns_level and suppresses ~6 dB whatever is asked.
         self._aec: Any = (
             pywebrtc_audio.EchoCanceller(sample_rate=rate, stream_delay_ms=0)  # 0: estimated
-            if echo_cancellation
+            if config.echo
             else None
         )
+        # Separate modules rather than the binding's AudioProcessor: at 32 and 48 kHz
+        # (0.2.0) that one ignores ns_level and suppresses ~6 dB whatever is asked.
         self._ns: Any = (
-            pywebrtc_audio.NoiseSuppressor(sample_rate=rate, level=NS_LEVEL)
-            if noise_suppression
+            pywebrtc_audio.NoiseSuppressor(sample_rate=rate, level=config.noise.level)
+            if config.noise
             else None
         )
         # Without NS, the same spectral speech analysis minus the filter.
-        self._detector: Any = None if noise_suppression else pywebrtc_audio.VoiceDetector(rate)
-        # AGC2 is fed our gated voice decision: left to itself it takes a level-blind
-        # speech probability and raises residual echo by ~20 dB.
-        self._agc: Any = (
-            pywebrtc_audio.GainController(
-                sample_rate=rate, max_gain_db=AGC_MAX_GAIN_DB, headroom_db=AGC_HEADROOM_DB
-            )
-            if auto_gain
-            else None
-        )
-        # AGC2 starts at +15 dB, a gain chosen for nobody: until the first near-end
-        # speech sets it, the chain leaves the level alone (a silent listener on stage
-        # sent its residual echo and noise 15 dB louder than it had to).
-        self._agc_started = False
+        self._detector: Any = None if config.noise else pywebrtc_audio.VoiceDetector(rate)
+        self.gain = GainStage(rate, config.gain) if config.gain else None
+        self.howl: HowlGuard | None = None  # made for the first block's size
+        self._far_end = FarEnd()
         factor = PLAYBACK_RATE // rate
         self._decimator = Decimator(factor) if factor > 1 else None
         self.reference = ReferenceRing(rate)
@@ -282,14 +379,22 @@ class CaptureChain:
         """Smoothed RMS level of speech after the chain; :data:`FLOOR_DBFS` when silent."""
         return self._vad.level_dbfs
 
-    def render(self, pcm: Int16Array) -> None:
-        """What the playback callback just wrote to the speaker (48 kHz, n x 10 ms)."""
+    @property
+    def howl_events(self) -> int:
+        """Howls the guard has cut."""
+        return 0 if self.howl is None else self.howl.events
+
+    def render(self, pcm: Int16Array, dac_time: float | None = None) -> None:
+        """What the playback callback just wrote to the speaker (48 kHz, n x 10 ms);
+        ``dac_time``: when it starts to play (PortAudio's, if it says)."""
         if not self.echo_cancellation:
             return
-        self.reference.write(self._decimator.process(pcm) if self._decimator else pcm)
+        reference = self._decimator.process(pcm) if self._decimator else pcm
+        self.reference.write(reference, dac_time)
 
-    def process(self, pcm: Int16Array) -> Int16Array:
-        """Run one captured block (a multiple of 10 ms) through the chain.
+    def process(self, pcm: Int16Array, adc_time: float | None = None) -> Int16Array:
+        """Run one captured block (a multiple of 10 ms) through the chain; ``adc_time``:
+        when its first sample was captured (PortAudio's, if it says).
 
         Returns a view of an internal buffer, valid until the next call (the encoder
         reads it at once).
@@ -299,19 +404,24 @@ class CaptureChain:
             raise ValueError(f"block of {n} samples is not a multiple of {self.frame}")
         if len(self._out) != n:
             self._out, self._far = np.zeros(n, np.int16), np.zeros(n, np.int16)
+            if self.config.howl is not None:
+                self.howl = HowlGuard(self.rate, n, self.config.howl)
         far: Int16Array | None = None
         if self.echo_cancellation:
-            self.reference.read(self._far)
+            self.reference.read(self._far, adc_time)
             far = self._far
         for at in range(0, n, self.frame):
             self._frame(pcm[at : at + self.frame], far, at)
+        if self.howl is not None:
+            self.howl.process(self._out)
         return self._out
 
     def _frame(self, near: Int16Array, far: Int16Array | None, at: int) -> None:
         """One 10 ms frame through the chain into ``self._out[at:]``."""
         out = self._out[at : at + self.frame]
-        if far is not None:
-            out[:] = self._aec.process(near, far[at : at + self.frame])
+        far_frame = None if far is None else far[at : at + self.frame]
+        if far_frame is not None:
+            out[:] = self._aec.process(near, far_frame)
         else:
             out[:] = near
         if self._ns is not None:
@@ -320,13 +430,13 @@ class CaptureChain:
         else:
             probability = float(self._detector.process(out))
         active = self._vad.is_speech(probability, near, out)
-        if self._agc is not None and (active or self._agc_started):
-            self._agc_started = True
-            out[:] = self._agc.process(out, 1.0 if active else 0.0)
+        far_heard = self._far_end.update(far_frame)
+        if self.gain is not None:
+            self.gain.process(out, active, far_heard)
         self._vad.update(active, out)
 
     def restart(self) -> None:
-        """A new capture run (the microphone reopened): realign on the newest reference.
+        """A new capture run (the microphone reopened): realign the reference.
 
         The WebRTC state is kept: the room and its echo path have not changed.
         """

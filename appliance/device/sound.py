@@ -11,7 +11,7 @@ import logging
 
 from appliance.audio.config import AudioConfig
 from appliance.audio.devices import PyAudioModule
-from appliance.audio.engine import AudioEngine
+from appliance.audio.engine import AudioEngine, capture_chain
 from appliance.audio.port import AudioHooks, AudioPort, NullAudio
 
 log = logging.getLogger("gochat.audio")
@@ -27,6 +27,6 @@ def open_sound(config: AudioConfig, pyaudio: PyAudioModule | None, hooks: AudioH
         log.error("no audio: PyAudio is not installed")
         hooks.device_lost("PyAudio is not installed")
         return NullAudio()
-    engine = AudioEngine(config, pyaudio, hooks)
+    engine = AudioEngine(config, pyaudio, hooks, chain=capture_chain(config))
     engine.start()
     return engine

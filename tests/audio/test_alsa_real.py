@@ -21,7 +21,7 @@ import pytest
 
 from appliance.audio import check, tone
 from appliance.audio.config import AudioConfig
-from appliance.audio.engine import AudioEngine
+from appliance.audio.engine import AudioEngine, capture_chain
 from appliance.audio.opus import Decoder
 from appliance.audio.port import AudioHooks
 from appliance.protocol import topics
@@ -161,7 +161,7 @@ def test_the_engine_captures_and_publishes_through_real_alsa(
 
     config = AudioConfig(input_device="gochat_test_in", output_device="gochat_test_out")
     hooks = AudioHooks(publish, lambda _problem: None, lambda: None)
-    engine = AudioEngine(config, pyaudio, hooks)  # type: ignore[arg-type]
+    engine = AudioEngine(config, pyaudio, hooks, chain=capture_chain(config))  # type: ignore[arg-type]
     key = bytes(32)
     engine.set_voice_key("r", 1, key)
     engine.start()

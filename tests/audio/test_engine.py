@@ -14,7 +14,7 @@ import pytest
 from appliance.hw_mocks.audio import mock_pyaudio, read_wav_mono
 
 from appliance.audio.config import AudioConfig
-from appliance.audio.engine import AudioEngine
+from appliance.audio.engine import AudioEngine, capture_chain
 from appliance.audio.port import AudioHooks
 from appliance.audio.tone import dominant_frequency, rms
 from appliance.protocol import frames, topics
@@ -68,7 +68,8 @@ def engine(
     reports = Reports()
     module = mock_pyaudio(spec, out, tmp_path / f"{name}.unplug")
     hooks = AudioHooks(wire.publish, reports.lost, reports.restored)
-    eng = AudioEngine(AudioConfig(**config), module, hooks)  # type: ignore[arg-type]
+    settings = AudioConfig(**config)  # type: ignore[arg-type]
+    eng = AudioEngine(settings, module, hooks, chain=capture_chain(settings))
     eng.set_voice_key(ROOM, 1, KEY)
     eng.start()
     return eng, reports, out
@@ -168,7 +169,7 @@ def test_without_any_stage_there_is_no_chain_and_a_level_gate_reports(tmp_path: 
     wire = Wire()
     alice, _, _ = engine(tmp_path, "alice", wire, "tone:440", **NO_CHAIN)
     try:
-        assert alice._chain is None
+        assert alice.chain is None
         idle = alice.stats()
         assert (idle.speaking, idle.input_level_dbfs) == (False, None)
         alice.start_publishing(ROOM, "alice")
@@ -190,14 +191,16 @@ def test_the_chain_hears_exactly_what_the_speaker_played(tmp_path: Path) -> None
     alice, _, _ = engine(tmp_path, "alice", wire, "tone:440")
     bob, _, bob_out = engine(tmp_path, "bob", wire)
     wire.to = bob
-    chain = bob._chain
+    chain = bob.chain
     assert chain is not None
     rendered: list[bytes] = []
+    stamps: list[float | None] = []
     real_render = chain.render
 
-    def render(pcm: np.ndarray) -> None:
+    def render(pcm: np.ndarray, dac_time: float | None = None) -> None:
         rendered.append(pcm.tobytes())
-        real_render(pcm)
+        stamps.append(dac_time)
+        real_render(pcm, dac_time)
 
     chain.render = render  # type: ignore[method-assign]
     try:
@@ -213,6 +216,8 @@ def test_the_chain_hears_exactly_what_the_speaker_played(tmp_path: Path) -> None
     played, _ = read_wav_mono(bob_out)
     fed = np.frombuffer(b"".join(rendered), dtype=np.int16)
     assert len(played) > 0 and np.array_equal(fed[: len(played)], played)
+    # ... stamped with when each block leaves the speaker, 10 ms apart (the card's clock)
+    assert all(stamps) and np.allclose(np.diff(np.array(stamps[:20], float)), 0.01)
 
 
 def test_without_the_webrtc_module_the_engine_runs_without_the_chain(
@@ -222,7 +227,7 @@ def test_without_the_webrtc_module_the_engine_runs_without_the_chain(
     wire = Wire()
     alice, _, _ = engine(tmp_path, "alice", wire, "tone:440")
     try:
-        assert alice._chain is None
+        assert alice.chain is None
         assert [r.levelname for r in caplog.records if "hands-free" in r.message] == ["ERROR"]
         alice.start_publishing(ROOM, "alice")
         wait_for(lambda: len(wire.sent) >= 5)

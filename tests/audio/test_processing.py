@@ -27,6 +27,7 @@ from appliance.hw_mocks.room import (
     to_int16,
 )
 
+from appliance.audio.config import HandsFreeConfig
 from appliance.audio.processing import (
     FLOOR_DBFS,
     CaptureChain,
@@ -121,13 +122,20 @@ def test_echo_is_cancelled_by_25_db_after_3_s(rate: int, block_ms: int, delay_ms
 @pytest.mark.parametrize(("rate", "block_ms"), PROFILES)
 def test_echo_cancellation_off_passes_the_echo_through(rate: int, block_ms: int) -> None:
     bare = simulate(
-        CaptureChain(rate, echo_cancellation=False, noise_suppression=False, auto_gain=False),
+        CaptureChain(
+            rate,
+            HandsFreeConfig.switched(
+                echo_cancellation=False, noise_suppression=False, auto_gain=False
+            ),
+        ),
         far_talker(3),
         block_ms,
     )
     assert abs(bare.erle(1.0)) < 0.5
     denoised = simulate(
-        CaptureChain(rate, echo_cancellation=False, auto_gain=False), far_talker(3), block_ms
+        CaptureChain(rate, HandsFreeConfig.switched(echo_cancellation=False, auto_gain=False)),
+        far_talker(3),
+        block_ms,
     )
     assert abs(denoised.erle(1.0)) < 3  # speech-like echo is no stationary noise
 
@@ -136,7 +144,12 @@ def test_echo_cancellation_off_passes_the_echo_through(rate: int, block_ms: int)
 def test_double_talk_keeps_the_near_end_talker(rate: int, block_ms: int) -> None:
     near = speech_like(8, rate, seed=7, level_dbfs=-26).astype(float)  # echo at 0 dB to it
     near[: 4 * rate] = 0  # the near end starts talking after the canceller converged
-    run = simulate(CaptureChain(rate, auto_gain=False), far_talker(8), block_ms, near=near)
+    run = simulate(
+        CaptureChain(rate, HandsFreeConfig.switched(auto_gain=False)),
+        far_talker(8),
+        block_ms,
+        near=near,
+    )
     kept = dbfs(run.span(run.out, 4.0)) - dbfs(near[4 * rate :])
     assert abs(kept) <= 6
     blocks = len(run.speaking)
@@ -161,7 +174,12 @@ def test_auto_gain_waits_for_a_talker_before_raising_anything(rate: int, block_m
     """A silent box on stage: the residual echo and the noise go out as the echo
     canceller and the suppressor leave them, not 15 dB louder (AGC2's initial gain)."""
     far = far_talker(4)
-    plain = simulate(CaptureChain(rate, auto_gain=False), far, block_ms, noise="pink:-50")
+    plain = simulate(
+        CaptureChain(rate, HandsFreeConfig.switched(auto_gain=False)),
+        far,
+        block_ms,
+        noise="pink:-50",
+    )
     gained = simulate(CaptureChain(rate), far, block_ms, noise="pink:-50")
     assert abs(dbfs(gained.span(gained.out, 1.0)) - dbfs(plain.span(plain.out, 1.0))) < 0.5
 
@@ -173,7 +191,11 @@ def test_auto_gain_waits_for_a_talker_before_raising_anything(rate: int, block_m
 def test_noise_suppression_lowers_pink_noise_by_15_db(rate: int, block_ms: int) -> None:
     silent = np.zeros(4 * 48_000, np.int16)
     run = simulate(
-        CaptureChain(rate, auto_gain=False), silent, block_ms, echo="off", noise="pink:-40"
+        CaptureChain(rate, HandsFreeConfig.switched(auto_gain=False)),
+        silent,
+        block_ms,
+        echo="off",
+        noise="pink:-40",
     )
     assert run.erle(2.0) >= 15
     assert not run.speaking.any()
@@ -226,6 +248,52 @@ def test_reference_ring_resyncs_after_a_capture_stall_and_on_restart() -> None:
     ring.restart()
     ring.read(out)
     assert ring.resyncs == 3
+
+
+def test_a_run_whose_first_block_is_late_starts_where_its_time_stamp_says() -> None:
+    """The microphone opens and its first callback comes 70 ms late (a busy board),
+    then the late blocks arrive back to back. Started on the newest reference, the run
+    would read ahead of playback for good (silence: no echo cancellation at all); by
+    the blocks' ADC time stamps it reads what was played while each was captured."""
+    rate, n, period = 48_000, 960, 480
+    ring = ReferenceRing(rate)
+    played_at = 100.0  # DAC time of position 0
+    for k in range(40):  # 400 ms of playback, each block stamped with its DAC time
+        ring.write(np.arange(k * period, (k + 1) * period) % 30_000, played_at + k * 0.01)
+    out = np.zeros(n, np.int16)
+    first_adc = played_at + 0.25  # captured from 250 ms on, handed over 70 ms late
+    for block in range(4):  # the burst catches up: still behind playback, never ahead
+        ring.read(out, first_adc + block * 0.02)
+        expected = round((0.25 + block * 0.02) * rate) - 480  # the 10 ms margin back
+        assert out[0] == expected and out[-1] == expected + n - 1
+    assert ring.resyncs == 1
+
+
+def test_a_run_reading_ahead_of_playback_realigns() -> None:
+    """Without time stamps a run starts on the newest reference; if it then keeps
+    reading what was never played (playback lost periods without saying so), it
+    realigns instead of cancelling against silence for the rest of the run."""
+    ring = ReferenceRing(16_000)
+    out = np.zeros(320, np.int16)
+    ring.write(np.ones(1600, np.int16))
+    ring.read(out)
+    for _ in range(5):  # playback stopped writing: 100 ms of reads ahead of it
+        ring.read(out)
+    ring.write(np.ones(1600, np.int16))
+    ring.read(out)
+    assert out.all() and ring.resyncs == 2
+
+
+def test_a_run_off_its_time_stamps_realigns_but_a_late_callback_does_not() -> None:
+    ring = ReferenceRing(48_000)
+    out = np.zeros(960, np.int16)
+    for k in range(20):
+        ring.write(np.full(480, k + 1, np.int16), 10.0 + k * 0.01)
+    ring.read(out, 10.05)
+    ring.read(out, 10.07)  # handed over late, stamped right: the count holds
+    assert ring.resyncs == 1
+    ring.read(out, 10.15)  # 60 ms of capture lost unannounced: the stamps say so
+    assert ring.resyncs == 2 and out[0] == round(0.15 * 48_000 - 480) // 480 + 1
 
 
 def test_decimator_keeps_the_voice_band_and_removes_what_would_alias() -> None:

@@ -25,7 +25,7 @@ STATUS_KEYS = {
 }
 AUDIO_KEYS = {
     "frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms",
-    "underrun_ms", "late_frames", "speaking", "input_level_dbfs",
+    "underrun_ms", "late_frames", "speaking", "input_level_dbfs", "howl_events",
 }  # fmt: skip
 
 

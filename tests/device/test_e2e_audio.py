@@ -131,6 +131,6 @@ def test_status_audio_has_exactly_the_documented_keys(
     body = coap.get(host.coap_port, "/status").body
     assert set(body["audio"]) == {
         "frames_sent", "frames_received", "frames_concealed", "frames_rejected", "jitter_ms",
-        "underrun_ms", "late_frames", "speaking", "input_level_dbfs",
+        "underrun_ms", "late_frames", "speaking", "input_level_dbfs", "howl_events",
     }  # fmt: skip
     json.dumps(body)  # plain JSON

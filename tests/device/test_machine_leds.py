@@ -304,6 +304,7 @@ def test_the_status_payload_has_exactly_device_md_shape() -> None:
             "late_frames": 0,
             "speaking": False,
             "input_level_dbfs": None,
+            "howl_events": 0,
         },
     }
 
