@@ -15,6 +15,7 @@ output block for block, quiet residuals included, which DTX would leave unsent.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import wave
@@ -43,7 +44,9 @@ MEASURED = {"dtx": False}  # a continuous stream to measure (DTX sends no quiet 
 class Tap:
     """What a daemon's microphone heard and what its engine sent, block for block."""
 
-    def __init__(self, device: InProcessDaemon, stall_s: float = 0.0) -> None:
+    def __init__(
+        self, device: InProcessDaemon, stall_s: float = 0.0, stall_at: int = STALL_AT_BLOCK
+    ) -> None:
         audio = device.daemon.audio
         assert audio is not None
         hardware: Any = audio._pa_module.hardware
@@ -56,7 +59,7 @@ class Tap:
             data: bytes = hear(n, rate, at)
             with self._lock:
                 self.heard.append(data)
-                stall = len(self.heard) == STALL_AT_BLOCK and stall_s
+                stall = len(self.heard) == stall_at and stall_s
             if stall:  # the capture thread is held up once, as a busy CPU would
                 time.sleep(stall_s)
             return data
@@ -72,6 +75,12 @@ class Tap:
     def seconds_sent(self) -> float:
         with self._lock:
             return sum(len(p) for p in self.sent) / RATE
+
+    def per_second(self) -> list[float]:
+        """dBFS of each whole second sent, from the first block on."""
+        with self._lock:
+            sent = np.concatenate(self.sent) if self.sent else np.zeros(0, np.int16)
+        return [dbfs(sent[k * RATE : (k + 1) * RATE]) for k in range(len(sent) // RATE)]
 
     def levels(self) -> tuple[float, float]:
         """(mic, sent) dBFS over the measuring window after the settling time."""
@@ -250,7 +259,7 @@ def test_double_talk_the_near_voice_gets_through_without_the_echo(
     on_stage(host, guest)
     total = int((B_LEAD_S + B_TALK_S) / 0.02)
     wait_until(lambda: heard.count("pi-bea"), lambda n: n >= total + 10, 25, "bea's stream")
-    chain: Any = guest.daemon.audio._chain  # type: ignore[attr-defined]
+    chain: Any = guest.daemon.audio.chain  # type: ignore[attr-defined]
     state = "no chain" if chain is None else f"{chain.reference.resyncs} resyncs"
     guest.stop()
     host.stop()
@@ -333,3 +342,123 @@ def test_two_echoing_boxes_on_stage_do_not_howl(
     guest_pcm, guest_arrival = at_host.stream("pi-ann")
     residual = dbfs(between(guest_pcm, guest_arrival, start + 5.0, start + LOOP_S - 0.2))
     assert residual < -50.0, f"the guest sends the host back at {residual:.1f} dBFS"
+
+
+# ---------------------------------------------------------------- the demo's own room
+
+DEMO_ECHO = "delay_ms=30,gain_db=-3,rt60_ms=250"  # scripts/run-dev's stand-in room ...
+DEMO_NOISE = "pink:-50"  # ... on every box, the host's included
+DEMO_ROOM = {"mock_echo": DEMO_ECHO, "mock_noise": DEMO_NOISE}
+SENTENCE = "Good morning, and welcome to the morning room. Today we talk about the weather."
+FIRST_S = 4  # a newcomer's first seconds on stage: >= 15 dB under the talker ...
+EARLY_DB, LATE_DB, HOWL_DB = -15.0, -25.0, 3.0  # ... then >= 25 dB; nobody over it + 3
+
+
+def espeak_wav(path: Path) -> Path:
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), SENTENCE], check=True)
+    return path
+
+
+def talker_level(tap: Tap) -> float:
+    """The talker's level: the median of its seconds that carry speech."""
+    seconds = [db for db in tap.per_second() if db > -45]
+    assert len(seconds) >= 3, f"the talker was hardly heard: {tap.per_second()}"
+    return float(np.median(seconds))
+
+
+def under_the_talker(newcomer: Tap, talker: float) -> list[float]:
+    return [round(db - talker, 1) for db in newcomer.per_second()]
+
+
+def assert_quiet_from_the_first_second(relative: list[float], who: str) -> None:
+    early, late = relative[:FIRST_S], relative[FIRST_S:]
+    assert max(early) <= EARLY_DB, f"{who} in its first {FIRST_S} s on stage: {relative} dB"
+    assert max(late) <= LATE_DB, f"{who} after {FIRST_S} s on stage: {relative} dB"
+
+
+def demo_story(
+    daemons: Callable[..., InProcessDaemon], tmp_path: Path, seconds: float, stall_s: float = 0.0
+) -> tuple[list[float], InProcessDaemon]:
+    """``make run``'s story: the host talks (espeak-ng, looped), pi-ann raises a hand and
+    the host accepts; both boxes sit in the demo's stand-in room. pi-ann's stream, each
+    second from its first on stage, against the talker's level."""
+    voice = espeak_wav(tmp_path / "voice.wav")
+    host = daemons("pi-host", mode="host", subject="Morning room",
+                   audio={"mock_input": f"loop:{voice}", **DEMO_ROOM})  # fmt: skip
+    ann = daemons("pi-ann", mode="join", audio=DEMO_ROOM)
+    talker, newcomer = Tap(host), Tap(ann, stall_s, stall_at=1)
+    on_stage(host, ann)
+    wait_until(newcomer.seconds_sent, lambda s: s >= seconds, seconds + 15, "ann's stream")
+    return under_the_talker(newcomer, talker_level(talker)), ann
+
+
+@pytest.mark.timeout(60)
+def test_in_the_demo_room_a_newcomer_stays_under_the_host_from_its_first_second(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    relative, ann = demo_story(daemons, tmp_path, seconds=10)
+    assert_quiet_from_the_first_second(relative, "pi-ann")
+    assert ann.status["audio"]["howl_events"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_first_capture_block_held_up_at_the_mic_opening_keeps_the_echo_cancelled(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """The microphone's first block comes 150 ms late (a busy board as the mic opens),
+    then the late blocks arrive back to back. Aligned on the newest reference, the run
+    read reference that was never played, and the box sent the host back for good."""
+    relative, _ = demo_story(daemons, tmp_path, seconds=8, stall_s=0.15)
+    assert_quiet_from_the_first_second(relative, "pi-ann")
+
+
+STAGE_S = 60
+
+
+@pytest.mark.timeout(120)
+def test_three_boxes_on_stage_in_the_demo_room_for_a_minute_with_one_talker(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """Host, pi-ann and pi-bob all on stage, all in the demo's room, each hearing the
+    other two: three loops through three echo paths. The host talks for a minute; no
+    guest sends it back, and nothing howls."""
+    voice = espeak_wav(tmp_path / "voice.wav")
+    host = daemons("pi-host", mode="host", subject="Three",
+                   audio={"mock_input": f"loop:{voice}", **DEMO_ROOM})  # fmt: skip
+    guests = [daemons(name, mode="join", audio=DEMO_ROOM) for name in ("pi-ann", "pi-bob")]
+    talker, taps = Tap(host), [Tap(guest) for guest in guests]
+    for guest in guests:
+        on_stage(host, guest)
+    last = taps[-1]
+    stage_from = len(talker.per_second())  # the host's seconds before both guests were on
+    wait_until(last.seconds_sent, lambda s: s >= STAGE_S, STAGE_S + 20, "a minute on stage")
+    level = talker_level(talker)
+    for guest, tap in zip(guests, taps, strict=True):
+        relative = under_the_talker(tap, level)
+        chain: Any = guest.daemon.audio.chain  # type: ignore[attr-defined]
+        assert_quiet_from_the_first_second(relative, f"{guest.user} ({chain.reference.resyncs} runs)")
+        assert guest.status["audio"]["howl_events"] == 0
+    # The host's own stream, from when both guests are on stage (and past its first 5 s,
+    # where AGC2 is still settling on its voice): none of their rooms comes back into it.
+    host_seconds = talker.per_second()[max(stage_from, 5) :]
+    assert max(host_seconds) <= level + HOWL_DB, f"the host's stream grew: {host_seconds}"
+
+
+@pytest.mark.timeout(60)
+def test_the_howl_guard_breaks_a_loop_the_echo_canceller_does_not(
+    gochat_server: RunningServer, daemons: Callable[..., InProcessDaemon], tmp_path: Path
+) -> None:
+    """Two boxes on stage without echo cancellation, each hearing its speaker 6 dB over
+    what it played: a loop of gain +12 dB. It rings up, and the howl guard cuts it."""
+    loud = {"mock_echo": "delay_ms=30,gain_db=6,rt60_ms=250", "mock_noise": DEMO_NOISE,
+            "echo_cancellation": False}  # fmt: skip
+    voice = speech_wav(tmp_path / "voice.wav", speech_like(1.0, RATE, seed=4, level_dbfs=-20))
+    host = daemons("pi-host", mode="host", subject="Loop", audio={"mock_input": str(voice), **loud})
+    guest = daemons("pi-ann", mode="join", audio=loud)
+    taps = [Tap(host), Tap(guest)]
+    on_stage(host, guest)
+    wait_until(taps[1].seconds_sent, lambda s: s >= 10, 25, "the loop")
+    events = [box.status["audio"]["howl_events"] for box in (host, guest)]
+    assert sum(events) >= 1, f"no howl was cut: {events} {[t.per_second() for t in taps]}"
+    for tap in taps:  # cut and kept down: the last seconds are no howl
+        assert max(tap.per_second()[-3:]) < -30, tap.per_second()
