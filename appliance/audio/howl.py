@@ -81,7 +81,10 @@ class HowlGuard:
 
     def _tone(self, pcm: Int16Array) -> tuple[int, float] | None:
         """The block's tonal peak (bin, power as a tone's mean square), if it has one."""
-        spectrum = np.fft.rfft(pcm.astype(np.float32) * self._window)
+        x = pcm.astype(np.float32)
+        if float(np.dot(x, x)) < self._min_power * len(x):  # too quiet to howl: no FFT
+            return None
+        spectrum = np.fft.rfft(x * self._window)
         power = (spectrum.real**2 + spectrum.imag**2)[self._band]
         k = int(np.argmax(power))
         peak = float(np.sum(power[max(0, k - 1) : k + 2]))

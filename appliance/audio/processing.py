@@ -274,15 +274,19 @@ def _power(frame: Int16Array) -> float:
 class FarEnd:
     """Whether the far end is heard: its reference, with a hangover for the room's tail."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame: int) -> None:
+        self._frame = frame
         self._left = 0  # frames the far end still counts as heard
 
     def update(self, far: Int16Array | None) -> bool:
-        """One 10 ms reference frame (None: no reference); True while heard."""
-        if far is not None and _power(far) >= FAR_ACTIVE_POWER:
+        """One block of reference, a whole number of 10 ms frames; True while heard
+        (never without a reference: no echo canceller, nothing known of the far end)."""
+        if far is None:
+            return False
+        if _power(far) >= FAR_ACTIVE_POWER:
             self._left = FAR_HANGOVER_FRAMES
-        elif self._left:
-            self._left -= 1
+        else:
+            self._left = max(0, self._left - len(far) // self._frame)
         return self._left > 0
 
 
@@ -343,7 +347,10 @@ class CaptureChain:
         config = HandsFreeConfig() if config is None else config
         self.rate = rate
         self.config = config
-        self.echo_cancellation = config.echo is not None
+        # The far end's reference: what the echo canceller cancels, and what tells the
+        # gain stage to hold. Without the canceller there is none: the voice decision
+        # could not tell echo from a talker anyway.
+        self._reference_wanted = config.echo is not None
         self.frame = rate * FRAME_MS // 1000
         self._aec: Any = (
             pywebrtc_audio.EchoCanceller(sample_rate=rate, stream_delay_ms=0)  # 0: estimated
@@ -361,7 +368,7 @@ class CaptureChain:
         self._detector: Any = None if config.noise else pywebrtc_audio.VoiceDetector(rate)
         self.gain = GainStage(rate, config.gain) if config.gain else None
         self.howl: HowlGuard | None = None  # made for the first block's size
-        self._far_end = FarEnd()
+        self._far_end = FarEnd(self.frame)
         factor = PLAYBACK_RATE // rate
         self._decimator = Decimator(factor) if factor > 1 else None
         self.reference = ReferenceRing(rate)
@@ -387,7 +394,7 @@ class CaptureChain:
     def render(self, pcm: Int16Array, dac_time: float | None = None) -> None:
         """What the playback callback just wrote to the speaker (48 kHz, n x 10 ms);
         ``dac_time``: when it starts to play (PortAudio's, if it says)."""
-        if not self.echo_cancellation:
+        if not self._reference_wanted:
             return
         reference = self._decimator.process(pcm) if self._decimator else pcm
         self.reference.write(reference, dac_time)
@@ -407,21 +414,21 @@ class CaptureChain:
             if self.config.howl is not None:
                 self.howl = HowlGuard(self.rate, n, self.config.howl)
         far: Int16Array | None = None
-        if self.echo_cancellation:
+        if self._reference_wanted:
             self.reference.read(self._far, adc_time)
             far = self._far
+        far_heard = self._far_end.update(far)
         for at in range(0, n, self.frame):
-            self._frame(pcm[at : at + self.frame], far, at)
+            self._frame(pcm[at : at + self.frame], far, at, far_heard)
         if self.howl is not None:
             self.howl.process(self._out)
         return self._out
 
-    def _frame(self, near: Int16Array, far: Int16Array | None, at: int) -> None:
+    def _frame(self, near: Int16Array, far: Int16Array | None, at: int, far_heard: bool) -> None:
         """One 10 ms frame through the chain into ``self._out[at:]``."""
         out = self._out[at : at + self.frame]
-        far_frame = None if far is None else far[at : at + self.frame]
-        if far_frame is not None:
-            out[:] = self._aec.process(near, far_frame)
+        if self._aec is not None and far is not None:
+            out[:] = self._aec.process(near, far[at : at + self.frame])
         else:
             out[:] = near
         if self._ns is not None:
@@ -430,7 +437,6 @@ class CaptureChain:
         else:
             probability = float(self._detector.process(out))
         active = self._vad.is_speech(probability, near, out)
-        far_heard = self._far_end.update(far_frame)
         if self.gain is not None:
             self.gain.process(out, active, far_heard)
         self._vad.update(active, out)

@@ -27,7 +27,7 @@ from appliance.hw_mocks.room import (
     to_int16,
 )
 
-from appliance.audio.config import HandsFreeConfig
+from appliance.audio.config import GainTuning, HandsFreeConfig
 from appliance.audio.processing import (
     FLOOR_DBFS,
     CaptureChain,
@@ -182,6 +182,29 @@ def test_auto_gain_waits_for_a_talker_before_raising_anything(rate: int, block_m
     )
     gained = simulate(CaptureChain(rate), far, block_ms, noise="pink:-50")
     assert abs(dbfs(gained.span(gained.out, 1.0)) - dbfs(plain.span(plain.out, 1.0))) < 0.5
+
+
+def test_auto_gain_never_raises_what_the_far_end_leaves_behind() -> None:
+    """A quiet near talker first (AGC2 lifts it by 10 dB or more), then only the far end:
+    what the echo canceller leaves of its echo goes out as it is, not lifted too."""
+    rate = 48_000
+    near = np.zeros(10 * rate)
+    near[: 4 * rate] = speech_like(4, rate, seed=9, level_dbfs=-45)
+    far = np.concatenate([np.zeros(5 * 48_000), far_talker(5)]).astype(np.int16)
+
+    def residual(gain: GainTuning | None) -> Run:
+        config = HandsFreeConfig(gain=gain)
+        return simulate(CaptureChain(rate, config), far, 20, near=near, noise="pink:-60")
+
+    held, unheld, none = residual(GainTuning()), residual(GainTuning(hold_on_far_end=False)), residual(None)
+    assert dbfs(held.span(held.out, 2.0, 4.0)) - dbfs(near[2 * rate : 4 * rate]) >= 10
+    # While the far end talks (in its pauses the gain may lift the noise floor as usual)
+    frames = far[: len(far) // 480 * 480].reshape(-1, 480).astype(float)
+    talking = np.repeat(np.mean(frames**2, axis=1) > 32768.0**2 * 1e-5, 480)
+    talking[: 6 * rate] = False
+    left = dbfs(none.out[talking])
+    assert dbfs(held.out[talking]) <= left + 1.0
+    assert dbfs(unheld.out[talking]) >= left + 6.0  # what the hold prevents
 
 
 # ---------------------------------------------------------------- noise
