@@ -196,7 +196,11 @@ def test_auto_gain_never_raises_what_the_far_end_leaves_behind() -> None:
         config = HandsFreeConfig(gain=gain)
         return simulate(CaptureChain(rate, config), far, 20, near=near, noise="pink:-60")
 
-    held, unheld, none = residual(GainTuning()), residual(GainTuning(hold_on_far_end=False)), residual(None)
+    held, unheld, none = (
+        residual(GainTuning()),
+        residual(GainTuning(hold_on_far_end=False)),
+        residual(None),
+    )
     assert dbfs(held.span(held.out, 2.0, 4.0)) - dbfs(near[2 * rate : 4 * rate]) >= 10
     # While the far end talks (in its pauses the gain may lift the noise floor as usual)
     frames = far[: len(far) // 480 * 480].reshape(-1, 480).astype(float)

@@ -436,7 +436,9 @@ def test_three_boxes_on_stage_in_the_demo_room_for_a_minute_with_one_talker(
     for guest, tap in zip(guests, taps, strict=True):
         relative = under_the_talker(tap, level)
         chain: Any = guest.daemon.audio.chain  # type: ignore[attr-defined]
-        assert_quiet_from_the_first_second(relative, f"{guest.user} ({chain.reference.resyncs} runs)")
+        assert_quiet_from_the_first_second(
+            relative, f"{guest.user} ({chain.reference.resyncs} runs)"
+        )
         assert guest.status["audio"]["howl_events"] == 0
     # The host's own stream, from when both guests are on stage (and past its first 5 s,
     # where AGC2 is still settling on its voice): none of their rooms comes back into it.
