@@ -371,6 +371,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     conf.add_argument("--cert-port", type=int, help="for TLS with client certificates (PORT+1)")
     conf.add_argument("--plain-port", type=int, help="for plain MQTT (PORT+2)")
+    conf.add_argument("--ws-port", type=int, help="for MQTT over WebSockets (PORT+3)")
+    conf.add_argument("--wss-port", type=int, help="for MQTT over WebSockets with TLS (PORT+4)")
     conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
     conf.add_argument("--ca", type=Path, help="CA directory, made on first use (default DIR/tls)")
     return parser
@@ -534,6 +536,8 @@ def _broker_conf(args: argparse.Namespace) -> str:
         brokerconf.TLS_PORT: port,
         brokerconf.CERT_PORT: args.cert_port or port + 1,
         brokerconf.PLAIN_PORT: args.plain_port or port + 2,
+        brokerconf.WS_PORT: args.ws_port or port + 3,
+        brokerconf.WSS_PORT: args.wss_port or port + 4,
     }
     tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
     return brokerconf.private_conf(ports, args.dir, tls)

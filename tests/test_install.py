@@ -183,6 +183,7 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
     rendered = tmp_path / "mosquitto.conf"
     ports = {brokerconf.CERT_PORT: cert_port, brokerconf.TLS_PORT: tls_port}
     ports[brokerconf.PLAIN_PORT] = plain_port
+    ports |= {brokerconf.WS_PORT: free_port(), brokerconf.WSS_PORT: free_port()}
     rendered.write_text(broker_conf(Path(broker_cmd[2]), ports, tmp_path / "broker.log"))
     broker = processes.start(["mosquitto", "-c", str(rendered)], env, "mosquitto")
     for port in (cert_port, tls_port):
