@@ -113,7 +113,8 @@ def check_root(root: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until interrupted; prints the page's address on a line of its own."""
+    """Serve until interrupted; prints the page's address on a line of its own (or
+    writes it to ``--url-file``, once it serves)."""
     parser = argparse.ArgumentParser(prog="gochat-page", description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker-url", required=True, help="the broker's WebSocket URL")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -128,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.url_file:
         args.url_file.write_text(server.url + "\n", encoding="utf-8")
-    print(server.url, flush=True)
+    else:
+        print(server.url, flush=True)
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
