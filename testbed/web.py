@@ -48,8 +48,16 @@ def launch(playwright: Playwright, fake_mic: Path) -> Browser:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(fake_mic))
 
 
-def write_tone_bursts(path: Path, hz: float, *, on_s: float = 0.4, off_s: float = 0.2,
-                      seconds: float = 6.0, level: float = 0.3, rate: int = RATE) -> Path:  # fmt: skip
+def write_tone_bursts(
+    path: Path,
+    hz: float,
+    *,
+    on_s: float = 0.4,
+    off_s: float = 0.2,
+    seconds: float = 6.0,
+    level: float = 0.3,
+    rate: int = RATE,
+) -> Path:
     """A mono WAV of ``hz`` in bursts (``on_s`` of tone, ``off_s`` of silence), softly
     ramped: voice-like enough that the browser's noise suppressor lets it through."""
     t = np.arange(int(seconds * rate)) / rate

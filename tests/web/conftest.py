@@ -40,7 +40,9 @@ def web_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="package")
-def web_server(web_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def web_server(
+    web_broker: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     server = RunningServer(web_broker, tmp_path_factory.mktemp("server") / "server.db").start()
     yield server
     server.stop()
@@ -85,7 +87,9 @@ def people(
 
 
 @pytest.fixture
-def appliances(web_broker: Broker, web_server: RunningServer) -> Iterator[Callable[..., InProcessDaemon]]:
+def appliances(
+    web_broker: Broker, web_server: RunningServer
+) -> Iterator[Callable[..., InProcessDaemon]]:
     """Factory of started in-process appliances (mock GPIO and sound card) on the
     shared broker; ``appliances("pi-host", mode="host", subject=...)``."""
     made: list[InProcessDaemon] = []

@@ -26,7 +26,9 @@ def heard_rms(pcm: np.ndarray) -> float:
 def test_a_page_hears_an_appliance_and_sees_it_speak(
     people: Callable[..., PageUser], appliances: Callable[..., InProcessDaemon]
 ) -> None:
-    host = appliances("pi-host", mode="host", subject="Tone room", audio={"mock_input": f"tone:{HOST_TONE_HZ:g}"})
+    host = appliances(
+        "pi-host", mode="host", subject="Tone room", audio={"mock_input": f"tone:{HOST_TONE_HZ:g}"}
+    )
     page = people()
     page.join(host.status["room_id"])
     expect(page.member(host.user)).to_have_attribute("data-role", "host")
@@ -60,10 +62,12 @@ def test_a_raised_hand_on_a_page_is_taken_on_stage_by_the_host_box_and_heard_the
     expect(page.by("my-role")).to_have_attribute("data-state", "speaker")
     expect(page.by("mic")).to_have_attribute("aria-pressed", "true")
     expect_leds([(host, {"hand": "off"})])
-    wait_until(lambda: host.status["audio"]["frames_received"], lambda n: n >= 50, 10, "page's frames")
+    wait_until(
+        lambda: host.status["audio"]["frames_received"], lambda n: n >= 50, 10, "page's frames"
+    )
     host.stop()
     pcm, rate = read_wav_mono(heard)
     loud = np.abs(pcm) > 300
     assert loud.mean() > 0.05, "the page's voice is not in the host's recording"
-    segment = pcm[np.flatnonzero(loud)[0] :][: rate]
+    segment = pcm[np.flatnonzero(loud)[0] :][:rate]
     assert abs(dominant_hz(segment.astype(np.float64), rate) - PAGE_TONE_HZ) <= 10
