@@ -119,7 +119,7 @@ def test_the_page_keeps_a_superseded_key_for_five_seconds_only(
             [
                 [0, [1, 0, 0, 0] + [0] * 40],
                 [0, [2] + [0] * 10],
-                [0, list(late[:-1]) + [late[-1] ^ 1]],
+                [0, [*list(late[:-1]), late[-1] ^ 1]],
             ],
             sealer.topic,
         ],
