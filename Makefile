@@ -18,9 +18,11 @@ STAMP := $(VENV)/.installed
 # PortAudio headers (PyAudio builds from source against them), a speech synthesiser
 # and sox for test audio, ALSA utilities, and what building a wheel needs; systemd
 # (for `systemd-analyze verify` of the units) and shellcheck for the tests; Node.js
-# for the page's one npm dependency (MQTT.js), Chromium for the browser tests.
+# for the page's one npm dependency (MQTT.js), Chromium for the browser tests and nginx
+# for the test of the deployed page (HTTPS; the tests run their own on loopback ports).
 APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
-	alsa-utils python3-venv python3-dev build-essential systemd shellcheck nodejs chromium
+	alsa-utils python3-venv python3-dev build-essential systemd shellcheck nodejs chromium \
+	nginx-light
 # The page's MQTT.js, pinned in web/package-lock.json; its browser bundle is copied
 # next to the page (never committed).
 WEB_BUNDLE := web/vendor/mqtt.esm.js
