@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from appliance.pageserver import PageServer
 from testbed import Broker
@@ -56,12 +56,18 @@ def page_server(web_broker: Broker) -> Iterator[PageServer]:
 
 
 @pytest.fixture(scope="package")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
+    """One Playwright for the directory (its sync API allows only one at a time)."""
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="package")
+def browser(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     mic = write_tone_bursts(tmp_path_factory.mktemp("mic") / "tone.wav", PAGE_TONE_HZ)
-    with sync_playwright() as playwright:
-        chromium = launch(playwright, mic)
-        yield chromium
-        chromium.close()
+    chromium = launch(playwright, mic)
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture

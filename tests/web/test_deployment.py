@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Playwright, expect
 
 from testbed import Broker, free_port
 from testbed.server import RunningServer
@@ -113,7 +113,11 @@ def spki_sha256(cert_path: Path) -> str:
 
 
 def test_nginx_serves_the_page_over_https_and_it_logs_in_over_wss(
-    site: tuple[str, int], web_broker: Broker, web_server: RunningServer, tmp_path: Path
+    site: tuple[str, int],
+    web_broker: Broker,
+    web_server: RunningServer,
+    playwright: Playwright,
+    tmp_path: Path,
 ) -> None:
     url, http_port = site
     trusted = ssl.create_default_context(cafile=str(web_broker.ca_file))
@@ -133,14 +137,13 @@ def test_nginx_serves_the_page_over_https_and_it_logs_in_over_wss(
         *chromium_args(mic),
         f"--ignore-certificate-errors-spki-list={spki_sha256(web_broker.tls.cert)}",
     ]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        try:
-            person = PageUser(browser, url, "web-tls", web_broker.add_user("web-tls"))
-            person.login()
-            assert person.page.evaluate("crossOriginIsolated") is True
-            room_id = person.create_room("Over TLS")
-            expect(person.by("room-view")).to_have_attribute("data-room-id", room_id)
-            assert not person.errors
-        finally:
-            browser.close()
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    try:
+        person = PageUser(browser, url, "web-tls", web_broker.add_user("web-tls"))
+        person.login()
+        assert person.page.evaluate("crossOriginIsolated") is True
+        room_id = person.create_room("Over TLS")
+        expect(person.by("room-view")).to_have_attribute("data-room-id", room_id)
+        assert not person.errors
+    finally:
+        browser.close()
