@@ -143,6 +143,7 @@ def test_a_page_that_is_not_a_member_hears_nothing_even_listening_in(
         """async ([roomId, hostId]) => {
             const app = window.gochat;
             const audio = await app.audio;
+            await app.ctx.resume();  // outside a room the page's audio sleeps: wake it
             audio.playout.setRoom(roomId, app.user);
             audio.playout.setHeard(new Set([hostId]));
             app.link.subscribe(`gochat/v1/room/${roomId}/audio/+`, { qos: 0 });

@@ -111,6 +111,7 @@ export class App {
     if (this.model) await this._rejoin();
     else {
       this.view.show('lobby');
+      this._idleAudio(true);
       await this.refreshRooms();
     }
   }
@@ -227,6 +228,7 @@ export class App {
     this._addKey(media);
     this.link.subscribe(topics.state(model.roomId), { qos: 1 });
     this.link.subscribe(topics.roomAudio(model.roomId), { qos: 0, nl: true });
+    this._idleAudio(false);
     this.view.memberItems.clear();
     this.view.$('member-list').replaceChildren();
     this.view.show('room');
@@ -277,6 +279,16 @@ export class App {
       audio.capture.setTopic(null);
       audio.playout.setRoom(null, this.user);
     }
+    if (!this.model) this._idleAudio(true);
+  }
+
+  /** Outside a room the audio graph sleeps (it costs CPU even playing silence). */
+  _idleAudio(idle) {
+    const ctx = this.ctx;
+    if (!ctx || idle === Boolean(this._audioIdle)) return;
+    this._audioIdle = idle;
+    if (idle && ctx.state === 'running') ctx.suspend();
+    if (!idle) ctx.resume();
   }
 
   _resubscribeState(roomId) {
@@ -465,7 +477,7 @@ export class App {
       return;
     }
     const ctx = this.ctx;
-    const follow = () => this.view.startAudio(ctx.state !== 'running');
+    const follow = () => this.view.startAudio(ctx.state !== 'running' && !this._audioIdle);
     ctx.addEventListener('statechange', follow);
     ctx.resume().finally(follow);
     this.audio = this._openAudio(ctx);

@@ -58,6 +58,7 @@ export class Capture {
     this._sending = Promise.resolve();
     this._startTs = 0;
     this._opening = null;
+    this.tap = null; // (samples, receivedAt) of every block: benchmarks time the mouth here
   }
 
   /** Send into the audio `topic` (a room and this user): keys come through setKey. */
@@ -142,6 +143,7 @@ export class Capture {
 
   _block(samples) {
     if (!this.active || !this._encoder) return;
+    this.tap?.(samples, performance.now());
     let energy = 0;
     for (let i = 0; i < samples.length; i += 1) energy += samples[i] * samples[i];
     this.level = Math.sqrt(energy / samples.length);

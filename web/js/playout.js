@@ -16,6 +16,11 @@ import { VoiceError } from './voicecrypto.js';
 const RING_SAMPLES = 48_000; // 1 s per speaker: far more than the jitter buffer holds
 const POLL_MS = 20;
 const SPEAKING_RMS = 0.006; // about -44 dBFS: above comfort noise, below quiet speech
+// The jitter buffer's margin: how long after the first samples of a spurt a speaker
+// starts playing, from the interarrival jitter J (RFC 3550) of consecutive packets
+// (silences between spurts do not count): MARGIN_MS + 3 J, at most MAX_MARGIN_MS.
+const MARGIN_MS = 6;
+const MAX_MARGIN_MS = 120;
 
 export class Playout {
   /** Load the worklet and start the playout node on `ctx` (an AudioContext at 48 kHz). */
@@ -77,6 +82,7 @@ export class Playout {
     this.counters.frames_received += 1;
     frame.duration = durationMs(frame.opus);
     const speaker = this._speaker(parsed.userId);
+    this._measureJitter(speaker, frame, this.clock());
     this._play(speaker, speaker.sequencer.push(frame, this.clock()));
   }
 
@@ -95,7 +101,9 @@ export class Playout {
 
   stats() {
     const sequencers = {};
-    for (const [userId, speaker] of this.speakers) sequencers[userId] = { ...speaker.sequencer.stats };
+    for (const [userId, speaker] of this.speakers) {
+      sequencers[userId] = { ...speaker.sequencer.stats, jitter_ms: speaker.jitterMs, margin_ms: speaker.marginFrames / 48 };
+    }
     return { ...this.counters, opener: { ...this.opener.counters }, speakers: sequencers, worklet: Object.fromEntries(this.buffers) };
   }
 
@@ -111,7 +119,7 @@ export class Playout {
       error: () => { this.counters.decode_errors += 1; },
     });
     decoder.configure({ codec: 'opus', sampleRate: 48_000, numberOfChannels: 1 });
-    speaker = { id, userId, ring, decoder, sequencer: new Sequencer(), pts: 0 };
+    speaker = { id, userId, ring, decoder, sequencer: new Sequencer(), pts: 0, jitterMs: 0, marginFrames: 0, last: null };
     this.speakers.set(userId, speaker);
     this.node.port.postMessage({ type: 'add', id, storage });
     return speaker;
@@ -124,6 +132,19 @@ export class Playout {
     this.levels.delete(userId);
     if (speaker.decoder.state !== 'closed') speaker.decoder.close();
     this.node.port.postMessage({ type: 'remove', id: speaker.id });
+  }
+
+  _measureJitter(speaker, frame, now) {
+    const last = speaker.last;
+    speaker.last = { seq: frame.seq, timestamp: frame.timestamp, at: now };
+    if (!last || frame.seq !== ((last.seq + 1) & 0xffff) || frame.timestamp !== ((last.timestamp + frame.duration * 48) >>> 0)) return;
+    const deviation = Math.abs(now - last.at - frame.duration);
+    speaker.jitterMs += (deviation - speaker.jitterMs) / 16;
+    const frames = Math.round(Math.min(MARGIN_MS + 3 * speaker.jitterMs, MAX_MARGIN_MS) * 48);
+    if (Math.abs(frames - speaker.marginFrames) >= 48) {
+      speaker.marginFrames = frames;
+      this.node.port.postMessage({ type: 'target', id: speaker.id, frames });
+    }
   }
 
   _play(speaker, actions) {

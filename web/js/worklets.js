@@ -3,20 +3,21 @@
 // gochat-capture: gathers the microphone into 20 ms blocks (960 samples at 48 kHz)
 //   and hands each to the main thread, which encodes it.
 // gochat-playout: one ring per speaker (ring.js), filled by the decoders on the main
-//   thread; each render quantum mixes the speakers whose ring has reached its
-//   playout target (the jitter buffer's depth), and posts each speaker's level ten
-//   times a second (the page's "speaking" marks). A ring that runs dry re-buffers to
-//   its target; one that runs dry mid-spurt raises its target by 10 ms (up to 120 ms),
-//   and one that holds more than its target plus 60 ms is trimmed back to it.
+//   thread; each render quantum mixes the speakers that are playing, and posts each
+//   speaker's level ten times a second (the page's "speaking" marks). A speaker starts
+//   playing its ring `target` frames after the first samples of a talk spurt arrived
+//   (the jitter buffer's margin, which the main thread sets from the measured arrival
+//   jitter); a ring that runs dry waits for the next samples and starts again the
+//   same way, and one that holds more than a packet and 60 ms beyond its margin is
+//   trimmed back (latency never creeps up).
 
 import { Ring } from './ring.js';
 
 const BLOCK = 960;
 const QUANTUM = 128;
 const LEVEL_EVERY = 4800; // frames: 100 ms
-const TARGET_MIN = 1920; // 40 ms
-const TARGET_STEP = 480;
-const TARGET_MAX = 5760;
+const TARGET_FIRST = 480; // 10 ms, until the main thread has measured the jitter
+const PACKET = 960;
 const EXCESS = 2880;
 
 class CaptureProcessor extends AudioWorkletProcessor {
@@ -60,12 +61,15 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     switch (message.type) {
       case 'add':
         this.streams.set(message.id, {
-          ring: new Ring(message.storage), playing: false, draining: false, target: TARGET_MIN,
-          energy: 0, rebuffers: 0, trimmed: 0,
+          ring: new Ring(message.storage), state: 'idle', startAt: 0, draining: false,
+          target: TARGET_FIRST, energy: 0, rebuffers: 0, trimmed: 0,
         });
         break;
       case 'push': // no SharedArrayBuffer: the samples come by message
         this.streams.get(message.id)?.ring.push(message.samples);
+        break;
+      case 'target':
+        if (this.streams.has(message.id)) this.streams.get(message.id).target = message.frames;
         break;
       case 'end':
         if (this.streams.has(message.id)) this.streams.get(message.id).draining = true;
@@ -91,13 +95,17 @@ class PlayoutProcessor extends AudioWorkletProcessor {
 
   render(stream, out) {
     const { ring } = stream;
-    if (!stream.playing) {
-      if (ring.available() < stream.target && !(stream.draining && ring.available() > 0)) return;
-      stream.playing = true;
+    if (stream.state === 'idle') {
+      if (ring.available() === 0) return;
+      stream.state = 'waiting';
+      stream.startAt = currentFrame + stream.target;
     }
-    if (ring.available() > stream.target + EXCESS) {
-      stream.trimmed += ring.skip(ring.available() - stream.target);
+    if (stream.state === 'waiting') {
+      if (currentFrame < stream.startAt && !stream.draining) return;
+      stream.state = 'playing';
     }
+    const keep = stream.target + PACKET;
+    if (ring.available() > keep + EXCESS) stream.trimmed += ring.skip(ring.available() - keep);
     const mine = this.scratch.fill(0);
     const got = ring.mixInto(mine, 0, out.length);
     for (let i = 0; i < got; i += 1) {
@@ -105,13 +113,9 @@ class PlayoutProcessor extends AudioWorkletProcessor {
       stream.energy += mine[i] * mine[i];
     }
     if (got < out.length) {
-      stream.playing = false;
-      if (stream.draining) {
-        stream.draining = false; // the end of a talk spurt: no more to come
-      } else {
-        stream.rebuffers += 1;
-        stream.target = Math.min(stream.target + TARGET_STEP, TARGET_MAX);
-      }
+      stream.state = 'idle';
+      if (stream.draining) stream.draining = false; // the end of a talk spurt
+      else stream.rebuffers += 1; // ran dry: jitter, loss or a silence (DTX)
     }
   }
 
