@@ -56,21 +56,30 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from appliance.hw_mocks.audio import ENV_TRACE, read_wav_mono
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from appliance.pageserver import PageServer
-from benchmarks._common import drain_datagrams, machine_header, markdown_table, percentile
+from benchmarks._common import (
+    drain_datagrams,
+    machine_header,
+    markdown_table,
+    percentile,
+    process_cpu_seconds,
+)
 from benchmarks.mouth_to_ear import (
     RATE,
     WINDOW_AFTER_S,
     BenchError,
     ClickTrack,
+    click_template,
     ear_time,
     find_click,
     log,
@@ -88,36 +97,9 @@ DETECT_MIN_GAIN = 0.1  # the page's voice path (AGC, NS) scales clicks: a lower 
 PAGE_ONSET = 0.05  # a capture sample this loud after a quiet spell is a click
 QUIET_S = 0.15
 CPU_WINDOW_S = 20.0
-FLOOR_MS = {"appliance": 20 + 6.5 + 10}
+APPLIANCE_FLOOR_MS = 20 + 6.5 + 10  # a packet, Opus's delay, one output period
 
-# In the page: every block the capture worklet hands over -> click onsets, in epoch ms.
-TAP = """() => {
-    const capture = window.gochat._audioNow.capture;
-    window.mouths = [];
-    let lastLoud = -1e9;
-    capture.tap = (samples, receivedAt) => {
-        for (let i = 0; i < samples.length; i += 1) {
-            if (Math.abs(samples[i]) < %(onset)s) continue;
-            const at = receivedAt - (samples.length - i) / 48;
-            if (at - lastLoud > %(quiet)s) window.mouths.push(performance.timeOrigin + at);
-            lastLoud = at;
-        }
-    };
-}""" % {"onset": PAGE_ONSET, "quiet": QUIET_S * 1000}
-# In the page: record `seconds` of its output, as base64 int16, with the epoch ms of frame 0.
-RECORD = """async (seconds) => {
-    const audio = await window.gochat.audio;
-    const { samples, startFrame } = await audio.playout.record(seconds);
-    const stamp = window.gochat.ctx.getOutputTimestamp();
-    const rate = window.gochat.ctx.sampleRate;
-    const epochMs = performance.timeOrigin + stamp.performanceTime + (startFrame / rate - stamp.contextTime) * 1000;
-    const pcm = new Int16Array(samples.length);
-    for (let i = 0; i < samples.length; i += 1) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(samples[i] * 32767)));
-    let text = '';
-    const bytes = new Uint8Array(pcm.buffer);
-    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return { pcm: btoa(text), epochMs, baseLatency: window.gochat.ctx.baseLatency, outputLatency: window.gochat.ctx.outputLatency };
-}"""
+PROBE = Path(__file__).with_name("web_probe.js")
 
 
 def wall_to_monotonic() -> float:
@@ -125,28 +107,51 @@ def wall_to_monotonic() -> float:
     return time.monotonic() - time.time()
 
 
-def latencies(mouths: Sequence[float], recording: np.ndarray, ear_of: Any, position_of: Any,
-              template: np.ndarray) -> tuple[list[float], int]:  # fmt: skip
-    """For each mouth time (monotonic s): find the click in ``recording`` after it and
-    return (latencies in ms, clicks missed)."""
+@dataclass(frozen=True)
+class Direction:
+    """One direction's latencies (ms), clicks missed and made, and its floor (ms)."""
+
+    latencies: list[float]
+    missed: int
+    clicks: int
+    floor_ms: float
+
+    def row(self, name: str) -> list[str]:
+        lat = sorted(self.latencies)
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        ratio = f"{p50 / self.floor_ms:.2f}x" if lat else "-"
+        heard = f"{len(lat)}/{self.clicks}"
+        return [name, heard, f"{p50:.1f}", f"{p99:.1f}", f"{self.floor_ms:.1f}", ratio]
+
+
+def direction(
+    mouths: Sequence[float],
+    recording: npt.NDArray[np.float64],
+    ear_of: Callable[[int], float],
+    position_of: Callable[[float], int],
+    floor_ms: float,
+) -> Direction:
+    """For each mouth time (monotonic s), the click in ``recording`` after it."""
+    template = click_template()
     found, missed = [], 0
     for i, mouth in enumerate(mouths):
-        nxt = mouths[i + 1] if i + 1 < len(mouths) else mouth + 1.0
+        following = mouths[i + 1] if i + 1 < len(mouths) else mouth + 1.0
         lo = position_of(mouth)
-        hi = lo + int(min(WINDOW_AFTER_S, nxt - mouth - 0.02) * RATE) + len(template)
+        hi = lo + int(min(WINDOW_AFTER_S, following - mouth - 0.02) * RATE) + len(template)
         at, gain = find_click(recording, lo, hi, template)
         if at < 0 or gain < DETECT_MIN_GAIN:
             missed += 1
-            continue
-        found.append((ear_of(at) - mouth) * 1000)
-    return found, missed
+        else:
+            found.append((ear_of(at) - mouth) * 1000)
+    return Direction(found, missed, len(mouths), floor_ms)
 
 
 class Rig:
-    """Broker, server, page server, a browser: what every part of the benchmark shares."""
+    """Broker, server, page server and browser: what every part of the run shares."""
 
     def __init__(self, stack: contextlib.ExitStack, root: Path, page_clicks: Path) -> None:
         self.root = root
+        self.stack = stack
         self.broker = Broker(root / "broker")
         self.broker.start()
         stack.callback(self.broker.stop)
@@ -160,7 +165,6 @@ class Rig:
         playwright = stack.enter_context(sync_playwright())
         self.browser = launch(playwright, page_clicks)
         stack.callback(self.browser.close)
-        self.stack = stack
 
     def appliance(self, user: str, **kwargs: Any) -> DaemonProcess:
         device = DaemonProcess(self.broker, user, self.root / "devices", **kwargs)
@@ -173,60 +177,92 @@ class Rig:
     def page(self, user: str) -> PageUser:
         person = PageUser(self.browser, self.url, user, self.broker.add_user(user))
         self.stack.callback(person.close)
-        return person.login()
+        person.login()
+        person.page.add_script_tag(path=str(PROBE))
+        return person
 
     def status(self, device: DaemonProcess) -> dict[str, Any]:
         body: dict[str, Any] = self.coap.get(device.coap_port, "/status").body
         return body
 
+    def host(self, device: DaemonProcess, subject: str) -> str:
+        """``device`` creates a room; returns its id."""
+        self.coap.request(device.coap_port, "PUT", "/room", {"subject": subject})
+        while not (room_id := self.status(device).get("room_id")):
+            time.sleep(0.05)
+        return str(room_id)
 
-def mouth_to_ear(rig: Rig, clicks: int, seed: int, page_track: ClickTrack) -> dict[str, Any]:
+    def join(self, device: DaemonProcess, room_id: str) -> None:
+        self.coap.request(device.coap_port, "PUT", "/room", {"room_id": room_id})
+        while self.status(device).get("room_id") != room_id:
+            time.sleep(0.05)
+
+
+@dataclass
+class MouthToEar:
+    directions: dict[str, Direction]
+    page_buffer: dict[str, Any]
+    to_page_arrival_ms: list[float]
+    output_latency_ms: float
+
+
+def mouth_to_ear(rig: Rig, clicks: int, seed: int, page_track: ClickTrack) -> MouthToEar:
+    """A -> B and A -> page from one run of clicks, then page -> B."""
     root = rig.root
     a_track = make_clicks(root / "a-clicks.wav", clicks, seed, RATE)
     a_trace, b_trace, b_wav = root / "a.trace", root / "b.trace", root / "b.wav"
-    a = rig.appliance("m2e-a", env={ENV_TRACE: str(a_trace)}, audio={"mock_input": str(a_track.path)})
+    a_audio = {"mock_input": str(a_track.path)}
+    a = rig.appliance("m2e-a", env={ENV_TRACE: str(a_trace)}, audio=a_audio)
     b = rig.appliance("m2e-b", env={ENV_TRACE: str(b_trace)}, audio={"mock_output": str(b_wav)})
     page = rig.page("m2e-page")
-    rig.coap.request(a.coap_port, "PUT", "/room", {"subject": "Mouth to ear"})
-    room_id = ""
-    while not room_id:
-        room_id = rig.status(a).get("room_id") or ""
-        time.sleep(0.05)
-    rig.coap.request(b.coap_port, "PUT", "/room", {"room_id": room_id})
+    room_id = rig.host(a, "Mouth to ear")  # A's microphone (and click track) starts now
+    rig.join(b, room_id)
     page.join(room_id)
+    page.page.evaluate(f"gochatProbe.trackArrivals({PAGE_ONSET})")
     log(f"A -> B and A -> page: {clicks} clicks, ~{a_track.seconds:.0f} s")
-    heard = page.page.evaluate(RECORD, a_track.seconds + 1.0)
+    heard = page.page.evaluate("(s) => gochatProbe.record(s)", a_track.seconds + 1.0)
     offset = wall_to_monotonic()
     a_in, b_out = read_trace(a_trace, "in"), read_trace(b_trace, "out")
     mouths_a = [mouth_time(a_in, float(s))[0] for s in a_track.starts]
-    recording_b = read_wav_mono(b_wav)[0].astype(np.float64)
-    to_b, missed_b = latencies(mouths_a, recording_b, lambda s: ear_time(b_out, s)[0],
-                               lambda t: sample_at(b_out, t), a_track.template)  # fmt: skip
-    recording_p = np.frombuffer(base64.b64decode(heard["pcm"]), dtype="<i2").astype(np.float64)
-    p_start = heard["epochMs"] / 1000 + offset
-    to_p, missed_p = latencies(mouths_a, recording_p, lambda s: p_start + s / RATE,
-                               lambda t: max(0, int((t - p_start) * RATE)), a_track.template)  # fmt: skip
+    b_pcm = read_wav_mono(b_wav)[0].astype(np.float64)
+    page_pcm = np.frombuffer(base64.b64decode(heard["pcm"]), dtype="<i2").astype(np.float64)
+    page_start = heard["epochMs"] / 1000 + offset
+    # The page's floor: a packet, Opus's delay, and the browser's own output path.
+    page_floor = 20 + 6.5 + (heard["baseLatency"] + heard["outputLatency"]) * 1000
+    directions = {
+        "appliance -> appliance": direction(
+            mouths_a, b_pcm, lambda s: ear_time(b_out, s)[0], lambda t: sample_at(b_out, t),
+            APPLIANCE_FLOOR_MS,
+        ),
+        "appliance -> page": direction(
+            mouths_a, page_pcm, lambda s: page_start + s / RATE,
+            lambda t: max(0, int((t - page_start) * RATE)), page_floor,
+        ),
+    }  # fmt: skip
+    buffer = page.stats()["playout"]
+    arrivals = np.asarray(page.page.evaluate("gochatProbe.arrivals")) / 1000 + offset
+    to_arrival = [
+        float(arrivals[i] - m) * 1000
+        for m in mouths_a
+        if (i := int(np.searchsorted(arrivals, m))) < len(arrivals)
+    ]
 
-    log(f"page -> B: the page goes on stage, its microphone plays ~{page_track.seconds:.0f} s of clicks")
+    log(f"page -> B: the page on stage, its microphone plays ~{page_track.seconds:.0f} s of clicks")
     rig.coap.post(a.coap_port, "/buttons/mute", {"press": "short"})
-    page.page.evaluate("async () => { await window.gochat.audio; }")
     rig.coap.post(a.coap_port, "/host/invite", {"user_id": page.user})
     expect(page.by("invite-banner")).to_be_visible()
-    page.page.evaluate(TAP.replace("window.gochat._audioNow.capture", "window.gochat._audioNow.capture"))
+    page.page.evaluate(f"gochatProbe.tapMouths({PAGE_ONSET}, {QUIET_S * 1000})")
     page.by("accept-invite").click()
     expect(page.by("my-role")).to_have_attribute("data-state", "speaker")
     page.page.wait_for_timeout(int(page_track.seconds * 1000) + 1000)
-    page_mouths = [m / 1000 + wall_to_monotonic() for m in page.page.evaluate("window.mouths")]
+    page_mouths = [m / 1000 + wall_to_monotonic() for m in page.page.evaluate("gochatProbe.mouths")]
     b_out = read_trace(b_trace, "out")
-    recording_b = read_wav_mono(b_wav)[0].astype(np.float64)
-    from_p, missed_from_p = latencies(page_mouths, recording_b, lambda s: ear_time(b_out, s)[0],
-                                      lambda t: sample_at(b_out, t), a_track.template)  # fmt: skip
-    return {
-        "appliance -> appliance": (to_b, missed_b, len(mouths_a), FLOOR_MS["appliance"]),
-        "appliance -> page": (to_p, missed_p, len(mouths_a), 20 + 6.5 + heard["baseLatency"] * 1000),
-        "page -> appliance": (from_p, missed_from_p, len(page_mouths), FLOOR_MS["appliance"]),
-        "page stats": page.stats(),
-    }
+    b_pcm = read_wav_mono(b_wav)[0].astype(np.float64)
+    directions["page -> appliance"] = direction(
+        page_mouths, b_pcm, lambda s: ear_time(b_out, s)[0], lambda t: sample_at(b_out, t),
+        APPLIANCE_FLOOR_MS,
+    )  # fmt: skip
+    return MouthToEar(directions, buffer, sorted(to_arrival), heard["outputLatency"] * 1000)
 
 
 # --- CPU ---------------------------------------------------------------------------------
@@ -253,23 +289,12 @@ def chromium_pid(marker: str) -> int:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             args = cmdline.read_bytes().split(b"\0")
-            if args and args[0].endswith(b"chromium") and any(marker.encode() in a for a in args):
+            if args[0].endswith(b"chromium") and any(marker.encode() in a for a in args):
                 return int(cmdline.parent.name)
     raise BenchError("Chromium's browser process not found")
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0.0
-    ticks = 100.0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = Path(f"/proc/{pid}/stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
-def cpu_window(read: Any, seconds: float) -> float:
+def cpu_percent(read: Callable[[], float], seconds: float) -> float:
     """% of one core used over ``seconds`` by what ``read()`` measures (CPU seconds)."""
     before, t0 = read(), time.monotonic()
     time.sleep(seconds)
@@ -277,57 +302,86 @@ def cpu_window(read: Any, seconds: float) -> float:
 
 
 def cpu_three_speakers(rig: Rig, marker: str) -> dict[str, float]:
+    """Chromium's CPU: a blank page (the floor), the page in no room, the page hearing
+    three speakers; and an appliance hearing the same three."""
     browser = chromium_pid(marker)
-    chromium = lambda: cpu_seconds(descendants(browser))  # noqa: E731
+
+    def chromium() -> float:
+        return sum(process_cpu_seconds(pid) for pid in descendants(browser))
+
     blank = rig.browser.new_page()
     log(f"CPU: Chromium with a blank page for {CPU_WINDOW_S:.0f} s (the floor)")
-    floor = cpu_window(chromium, CPU_WINDOW_S)
+    floor = cpu_percent(chromium, CPU_WINDOW_S)
     blank.close()
     page = rig.page("cpu-page")
-    log(f"CPU: the page in the lobby for {CPU_WINDOW_S:.0f} s")
-    lobby = cpu_window(chromium, CPU_WINDOW_S)
-    tone = {"dtx": False}
-    s1 = rig.appliance("cpu-s1", audio={"mock_input": "tone:300", **tone})
-    rig.coap.request(s1.coap_port, "PUT", "/room", {"subject": "Three speakers"})
-    room_id = ""
-    while not room_id:
-        room_id = rig.status(s1).get("room_id") or ""
-        time.sleep(0.05)
-    for user, hz in (("cpu-s2", 450), ("cpu-s3", 600)):
-        s = rig.appliance(user, mode="join", room_id=room_id, audio={"mock_input": f"tone:{hz}", **tone})
-        while rig.status(s).get("room_id") != room_id:
-            time.sleep(0.05)
-        rig.coap.post(s1.coap_port, "/host/invite", {"user_id": s.user})
-        time.sleep(0.3)
-        rig.coap.post(s.coap_port, "/buttons/accept", {"press": "short"})
-        while rig.status(s).get("role") != "speaker":
-            time.sleep(0.05)
-    b = rig.appliance("cpu-b", mode="join", room_id=room_id)
+    log(f"CPU: the page in no room for {CPU_WINDOW_S:.0f} s")
+    lobby = cpu_percent(chromium, CPU_WINDOW_S)
+    speakers = [
+        rig.appliance(f"cpu-s{i}", audio={"mock_input": f"tone:{hz}", "dtx": False})
+        for i, hz in enumerate((300, 450, 600))
+    ]
+    room_id = rig.host(speakers[0], "Three speakers")
+    for speaker in speakers[1:]:
+        rig.join(speaker, room_id)
+        rig.coap.post(speakers[0].coap_port, "/host/invite", {"user_id": speaker.user})
+        while rig.status(speaker).get("role") != "speaker":
+            rig.coap.post(speaker.coap_port, "/buttons/accept", {"press": "short"})
+            time.sleep(0.2)
+    b = rig.appliance("cpu-b")
+    rig.join(b, room_id)
     page.join(room_id)
     page.wait_stats(lambda s: len(s["playout"]["speakers"]) == 3, what="three speakers")
     time.sleep(2)
     log(f"CPU: the page and appliance B hear three speakers for {CPU_WINDOW_S:.0f} s")
     assert b.proc is not None
-    b_pid = b.proc.pid
-    before_b = cpu_seconds([b_pid])
-    heard = cpu_window(chromium, CPU_WINDOW_S)
-    b_pct = (cpu_seconds([b_pid]) - before_b) / CPU_WINDOW_S * 100
+    pid = b.proc.pid
+    b_before, t0 = process_cpu_seconds(pid), time.monotonic()
+    heard = cpu_percent(chromium, CPU_WINDOW_S)
+    appliance = (process_cpu_seconds(pid) - b_before) / (time.monotonic() - t0) * 100
     stats = page.stats()["playout"]
-    return {"floor": floor, "lobby": lobby, "heard": heard, "appliance": b_pct,
-            "decoded": stats["frames_decoded"], "concealed": stats["frames_concealed"]}  # fmt: skip
+    return {
+        "floor": floor, "lobby": lobby, "heard": heard, "appliance": appliance,
+        "decoded": stats["frames_decoded"], "concealed": stats["frames_concealed"],
+    }  # fmt: skip
 
 
-def row(name: str, values: tuple[list[float], int, int, float]) -> list[str]:
-    lat, missed, clicks, floor = values
-    lat = sorted(lat)
-    p50, p99 = percentile(lat, 50), percentile(lat, 99)
-    return [name, f"{len(lat)}/{clicks}", f"{p50:.1f}", f"{p99:.1f}", f"{floor:.1f}",
-            f"{p50 / floor:.2f}x" if lat else "-"]  # fmt: skip
+def report(m2e: MouthToEar, cpu: dict[str, float]) -> str:
+    lines = [machine_header("The page's voice: mouth to ear and CPU")]
+    lines.append("\n## Mouth to ear (ms; one run, loopback)\n")
+    headers = ["direction", "heard", "p50", "p99", "floor", "p50 / floor"]
+    lines.append(markdown_table(headers, [d.row(n) for n, d in m2e.directions.items()]))
+    for user, figures in m2e.page_buffer["speakers"].items():
+        rebuffers = m2e.page_buffer["worklet"].get(user, {}).get("rebuffers", 0)
+        lines.append(
+            f"The page's jitter buffer for {user}: jitter {figures['jitter_ms']:.1f} ms, margin"
+            f" {figures['margin_ms']:.1f} ms, {rebuffers} re-buffers (talk spurts included),"
+            f" {figures['late']} late, {figures['lost']} lost."
+        )
+    arrival = m2e.to_page_arrival_ms
+    lines.append(
+        f"\nA -> page until the click's frame reached the page: p50"
+        f" {percentile(arrival, 50):.1f} ms, p99 {percentile(arrival, 99):.1f} ms; the rest"
+        " is the page's jitter margin and Chromium's audio output (which reports"
+        f" {m2e.output_latency_ms:.0f} ms of output latency here, headless)."
+    )
+    lines.append("\n## CPU while hearing three speakers (% of one core)\n")
+    cost = cpu["heard"] - cpu["lobby"]
+    rows = [
+        ["Chromium with a blank page (floor)", f"{cpu['floor']:.1f}"],
+        ["Chromium, the page logged in, in no room", f"{cpu['lobby']:.1f}"],
+        ["Chromium, the page hearing three speakers", f"{cpu['heard']:.1f}"],
+        ["  the three speakers' cost (over no room)", f"{cost:.1f}"],
+        ["  the page hearing three speakers / floor", f"{cpu['heard'] / cpu['floor']:.2f}x"],
+        ["an appliance (B) hearing the same three speakers", f"{cpu['appliance']:.1f}"],
+    ]
+    lines.append(markdown_table(["what", "CPU"], rows))
+    lines.append(f"The page decoded {cpu['decoded']:.0f} frames, concealed {cpu['concealed']:.0f}.")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clicks", type=int, default=60)
+    parser.add_argument("--clicks", type=int, default=60, help="per direction (default 60)")
     parser.add_argument("--quick", action="store_true", help="25 clicks per direction")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -339,24 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rig = Rig(stack, root, page_track.path)
             m2e = mouth_to_ear(rig, clicks, args.seed, page_track)
             cpu = cpu_three_speakers(rig, str(page_track.path))
-        except BenchError as exc:
+        except (BenchError, TimeoutError) as exc:
             print(f"web_voice: {exc}", file=sys.stderr)
             return 1
-    print(machine_header("The page's voice: mouth to ear and CPU"))
-    print("\n## Mouth to ear (ms; the same run, loopback)\n")
-    names = ("appliance -> appliance", "appliance -> page", "page -> appliance")
-    print(markdown_table(["direction", "heard", "p50", "p99", "floor", "p50 / floor"],
-                         [row(n, m2e[n]) for n in names]))  # fmt: skip
-    print("\n## CPU while hearing three speakers (% of one core)\n")
-    print(markdown_table(
-        ["what", "CPU"],
-        [["Chromium with a blank page (floor)", f"{cpu['floor']:.1f}"],
-         ["Chromium, the page logged in, in no room", f"{cpu['lobby']:.1f}"],
-         ["Chromium, the page hearing three speakers", f"{cpu['heard']:.1f}"],
-         ["  its cost over the floor", f"{cpu['heard'] - cpu['floor']:.1f} ({cpu['heard'] / max(cpu['floor'], 0.1):.1f}x the floor)"],
-         ["an appliance (B) hearing the same three speakers", f"{cpu['appliance']:.1f}"]],
-    ))  # fmt: skip
-    print(f"\nThe page decoded {cpu['decoded']} frames and concealed {cpu['concealed']}.")
+    print(report(m2e, cpu))
     return 0
 
 

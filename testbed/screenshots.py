@@ -47,12 +47,12 @@ def main() -> int:
         try:
             host = device("pi-host", mode="host", subject="Morning room",
                           audio={"mock_input": "tone:220"})  # fmt: skip
-            ann = device("pi-ann", mode="join", room_id=host.status["room_id"])
+            device("pi-ann", mode="join", room_id=host.status["room_id"])
             with sync_playwright() as playwright:
                 browser = launch(playwright, write_tone_bursts(tmp / "mic.wav", 440))
                 for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-                    participant(browser, pages.url, broker, host, ann, size, viewport)
-                    console(browser, pages.url, broker, size, viewport, device)
+                    participant(browser, pages.url, broker, host, size=size, viewport=viewport)
+                    console(browser, pages.url, broker, device, size=size, viewport=viewport)
                 browser.close()
         finally:
             for made in reversed(devices):
@@ -64,7 +64,7 @@ def main() -> int:
     return 0
 
 
-def participant(browser, url, broker, host, ann, size, viewport) -> None:  # type: ignore[no-untyped-def]
+def participant(browser, url, broker, host, *, size, viewport) -> None:  # type: ignore[no-untyped-def]
     """web-1 in the Morning room, hand up; on the phone, invited to the stage."""
     user = "web-1" if size == "desktop" else "web-3"
     person = PageUser(browser, url, user, broker.add_user(user), viewport=viewport).login()
@@ -84,7 +84,7 @@ def participant(browser, url, broker, host, ann, size, viewport) -> None:  # typ
     person.close()
 
 
-def console(browser, url, broker, size, viewport, device) -> None:  # type: ignore[no-untyped-def]
+def console(browser, url, broker, device, *, size, viewport) -> None:  # type: ignore[no-untyped-def]
     """A page hosting "Book club": an appliance speaks on stage, another raises a hand."""
     user = "web-2" if size == "desktop" else "web-4"
     person = PageUser(browser, url, user, broker.add_user(user), viewport=viewport).login()

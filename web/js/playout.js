@@ -81,6 +81,7 @@ export class Playout {
     if (!this.heard.has(parsed.userId) || parsed.roomId !== this.roomId) return; // left while opening
     this.counters.frames_received += 1;
     frame.duration = durationMs(frame.opus);
+    frame.arrivedAt = this.clock();
     const speaker = this._speaker(parsed.userId);
     this._measureJitter(speaker, frame, this.clock());
     this._play(speaker, speaker.sequencer.push(frame, this.clock()));
@@ -119,7 +120,7 @@ export class Playout {
       error: () => { this.counters.decode_errors += 1; },
     });
     decoder.configure({ codec: 'opus', sampleRate: 48_000, numberOfChannels: 1 });
-    speaker = { id, userId, ring, decoder, sequencer: new Sequencer(), pts: 0, jitterMs: 0, marginFrames: 0, last: null };
+    speaker = { id, userId, ring, decoder, sequencer: new Sequencer(), pts: 0, jitterMs: 0, marginFrames: 0, last: null, arrivals: new Map() };
     this.speakers.set(userId, speaker);
     this.node.port.postMessage({ type: 'add', id, storage });
     return speaker;
@@ -157,6 +158,7 @@ export class Playout {
       const frame = action.decode;
       if (speaker.decoder.state !== 'configured') return;
       speaker.decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: speaker.pts, data: frame.opus }));
+      if (this.onDecoded) speaker.arrivals.set(speaker.pts, frame.arrivedAt);
       speaker.pts += frame.duration * 1000;
       if (frame.end) speaker.endAfter = speaker.pts;
     }
@@ -165,10 +167,17 @@ export class Playout {
   _decoded(speaker, data) {
     const samples = new Float32Array(data.numberOfFrames);
     data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
-    const end = data.timestamp + data.duration;
+    const start = data.timestamp;
+    const end = start + data.duration;
     data.close();
     if (this.speakers.get(speaker.userId) !== speaker) return;
     this.counters.frames_decoded += 1;
+    if (this.onDecoded) {
+      // Benchmarks: when the frame holding these samples arrived, and how loud they are.
+      const arrivedAt = speaker.arrivals.get(start);
+      speaker.arrivals.delete(start);
+      this.onDecoded(speaker.userId, samples, arrivedAt);
+    }
     this._write(speaker, samples);
     if (speaker.endAfter !== undefined && end >= speaker.endAfter) {
       speaker.endAfter = undefined;
