@@ -174,9 +174,13 @@ export class Playout {
     this.counters.frames_decoded += 1;
     if (this.onDecoded) {
       // Benchmarks: when the frame holding these samples arrived, and how loud they are.
-      const arrivedAt = speaker.arrivals.get(start);
-      speaker.arrivals.delete(start);
-      this.onDecoded(speaker.userId, samples, arrivedAt);
+      let arrivedAt;
+      for (const [pts, at] of speaker.arrivals) { // in decode order; outputs may be split
+        if (pts > start) break;
+        arrivedAt = at;
+        speaker.arrivals.delete(pts);
+      }
+      if (arrivedAt !== undefined) this.onDecoded(speaker.userId, samples, arrivedAt);
     }
     this._write(speaker, samples);
     if (speaker.endAfter !== undefined && end >= speaker.endAfter) {
