@@ -24,6 +24,7 @@ import numpy.typing as npt
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect
 
 CHROMIUM = Path("/usr/bin/chromium")
+PAGE_TONE_HZ = 660.0  # what the browser tests' fake microphones play, in bursts
 RATE = 48_000
 WAIT_MS = 10_000
 

@@ -163,7 +163,7 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
         link = root / "usr/local/bin" / tool
         assert link.resolve() == (venv / "bin" / tool).resolve(), tool
     # The page, its MQTT.js bundle, where it finds the broker, and the nginx site serving
-    # it from there with the broker's certificate (tests/web/test_deployment.py runs it).
+    # it from there with the broker's certificate (tests/web/test_page_deployment.py runs it).
     web = root / "opt/gochat/web"
     assert (web / "index.html").is_file() and (web / "vendor/mqtt.esm.js").is_file()
     assert json.loads((web / "config.json").read_text()) == {"broker_url": "wss://127.0.0.1:8081/"}

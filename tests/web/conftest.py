@@ -3,7 +3,7 @@ headless Chromium for the whole directory (starting Chromium costs ~1 s, the pag
 the broker more), with a fresh browser context per person and fresh user names per
 test, so the tests stay independent while the suite stays lean.
 
-The fake microphone of every page plays :data:`PAGE_TONE_HZ` in bursts.
+The fake microphone of every page plays :data:`testbed.web.PAGE_TONE_HZ` in bursts.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from appliance.pageserver import PageServer
 from testbed import Broker
 from testbed.daemons import InProcessDaemon
 from testbed.server import RunningServer
-from testbed.web import PageUser, launch, write_tone_bursts
+from testbed.web import PAGE_TONE_HZ, PageUser, launch, write_tone_bursts
 
-PAGE_TONE_HZ = 660.0
 _serial = itertools.count(1)
 
 

@@ -1,5 +1,5 @@
 // The page's pure modules under Node's own test runner (no browser needed):
-// node --test web/test/   (tests/web/test_units.py runs it with the rest).
+// node --test web/test/   (tests/web/test_page_units.py runs it with the rest).
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
