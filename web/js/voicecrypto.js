@@ -11,7 +11,7 @@
 // sender key = HKDF-SHA256(ikm = room voice key, salt = empty,
 //                          info = "gochat/v1 voice " || user id, 32 bytes)
 // nonce = stream id || timestamp || 4 zero bytes; AAD = header || topic (UTF-8).
-// The same bytes as appliance/protocol/voice.py (tests/web/test_voice_interop.py).
+// The same bytes as appliance/protocol/voice.py (tests/web/test_page_voice_keys.py).
 
 import { checkPacket, OpusPacketError } from './opus.js';
 import { parseAudioTopic } from './protocol.js';
