@@ -76,6 +76,7 @@ class Nginx:
                 return
             except OSError:
                 time.sleep(0.05)
+        self.stop()
         raise AssertionError((self.workdir / "error.log").read_text())
 
     def stop(self) -> None:
