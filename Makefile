@@ -17,9 +17,15 @@ STAMP := $(VENV)/.installed
 # Run-time and build dependencies from the OS: the broker and its clients, Opus,
 # PortAudio headers (PyAudio builds from source against them), a speech synthesiser
 # and sox for test audio, ALSA utilities, and what building a wheel needs; systemd
-# (for `systemd-analyze verify` of the units) and shellcheck for the tests.
+# (for `systemd-analyze verify` of the units) and shellcheck for the tests; Node.js
+# for the page's one npm dependency (MQTT.js), Chromium for the browser tests and nginx
+# for the test of the deployed page (HTTPS; the tests run their own on loopback ports).
 APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
-	alsa-utils python3-venv python3-dev build-essential systemd shellcheck
+	alsa-utils python3-venv python3-dev build-essential systemd shellcheck nodejs chromium \
+	nginx-light
+# The page's MQTT.js, pinned in web/package-lock.json; its browser bundle is copied
+# next to the page (never committed).
+WEB_BUNDLE := web/vendor/mqtt.esm.js
 
 .PHONY: help venv system-packages test lint run install clean distclean
 
@@ -31,7 +37,7 @@ help:
 	@echo "make venv       install apt packages and .venv (done by run/test)"
 	@echo "make clean      remove caches and var/dev; distclean also removes .venv"
 
-venv: system-packages $(STAMP)
+venv: system-packages $(STAMP) $(WEB_BUNDLE)
 
 # `dpkg -s` also knows removed-but-configured packages, so check the status line.
 system-packages:
@@ -59,6 +65,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 		-e '.[dev,audio]'
 	@touch $@
 
+# npm: NodeSource's nodejs carries it, Debian's comes as a package of its own.
+$(WEB_BUNDLE): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y npm; }
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	install -D -m 0644 web/node_modules/mqtt/dist/mqtt.esm.js $@
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -75,7 +88,8 @@ install:
 	scripts/install-pi $(INSTALL_ARGS)
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev \
+		web/node_modules web/vendor
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

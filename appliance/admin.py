@@ -1,4 +1,4 @@
-"""Broker credentials: ``gochat-admin add-device | add-server | remove-device``,
+"""Broker credentials: ``gochat-admin add-device | add-user | add-server | remove-device``,
 certificates: ``ca-init | sign-device | revoke`` (:mod:`appliance.ca`,
 :mod:`appliance.revocation`; docs/security.md), and ``broker-conf``, a private
 broker's configuration for development.
@@ -356,6 +356,11 @@ def _parser() -> argparse.ArgumentParser:
     add_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(add_device)
     reader(add_device)
+    add_user = sub.add_parser(
+        "add-user", help="create or re-key a person's account, to log in from a browser"
+    )
+    add_user.add_argument("name", metavar="NAME", help="the user id (also the login name)")
+    files(add_user)
     add_server = sub.add_parser("add-server", help=f"create or re-key the {SERVER_USER_ID} account")
     files(add_server)
     reader(add_server)
@@ -371,6 +376,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     conf.add_argument("--cert-port", type=int, help="for TLS with client certificates (PORT+1)")
     conf.add_argument("--plain-port", type=int, help="for plain MQTT (PORT+2)")
+    conf.add_argument("--ws-port", type=int, help="for MQTT over WebSockets (PORT+3)")
+    conf.add_argument("--wss-port", type=int, help="for MQTT over WebSockets with TLS (PORT+4)")
     conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
     conf.add_argument("--ca", type=Path, help="CA directory, made on first use (default DIR/tls)")
     return parser
@@ -534,6 +541,8 @@ def _broker_conf(args: argparse.Namespace) -> str:
         brokerconf.TLS_PORT: port,
         brokerconf.CERT_PORT: args.cert_port or port + 1,
         brokerconf.PLAIN_PORT: args.plain_port or port + 2,
+        brokerconf.WS_PORT: args.ws_port or port + 3,
+        brokerconf.WSS_PORT: args.wss_port or port + 4,
     }
     tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
     return brokerconf.private_conf(ports, args.dir, tls)
@@ -562,17 +571,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # The server account may read and write all of gochat/# (the ACL):
                 # a device must never be able to hold that name.
                 hint = " (use add-server)" if args.command == "add-device" else ""
-                raise InvalidNameError(f"{name!r} is the server's account, not a device{hint}")
+                raise InvalidNameError(f"{name!r} is the server's account, for no one else{hint}")
             if args.command == "remove-device":
                 remove_user(passwd, secret_dir, name)
                 print(f"removed {name} from {passwd}")
                 return 0
-            secret = add_user(passwd, secret_dir, name, reader_group=args.group)
+            secret = add_user(passwd, secret_dir, name, reader_group=getattr(args, "group", None))
     except AdminError as exc:
         print(f"gochat-admin: {exc}", file=sys.stderr)
         return EX_USAGE if isinstance(exc, InvalidNameError) else EX_FAILURE
     print(f"passwd file: {passwd}")
     print(f"secret file: {secret}")
+    if args.command == "add-user":
+        print(f"{name} logs in on the page with the password in {secret}")
     return 0
 
 

@@ -24,6 +24,8 @@ LOOPBACK = "127.0.0.1"
 PLAIN_PORT = 1883  # plain MQTT, loopback only
 CERT_PORT = 8883  # TLS, the client certificate is the identity
 TLS_PORT = 8884  # TLS, username and password
+WS_PORT = 8080  # MQTT over WebSockets, loopback only (docs/web.md)
+WSS_PORT = 8081  # MQTT over WebSockets with TLS, password: browsers
 
 _LISTENER_RE = re.compile(r"^listener\s+(\d+)(?:\s+(\S+))?\s*$")
 _TLS_KEYS = ("cafile", "certfile", "keyfile", "crlfile")

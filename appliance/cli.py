@@ -24,3 +24,10 @@ def appliance_main() -> None:
     from appliance.device.main import main
 
     sys.exit(main(sys.argv[1:]))
+
+
+def page_main() -> None:
+    """``gochat-page``: the browser page on the loopback (development)."""
+    from appliance.pageserver import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,8 @@ code as ``gochat-admin``; certificates by :mod:`appliance.ca`, the same code as
 TLS: every broker has its own broker certificate (for 127.0.0.1 and localhost) and CRL,
 signed by one CA made once per process (:func:`test_ca`). Clients use :attr:`Broker.port`
 (TLS + password), :attr:`Broker.cert_port` (TLS + client certificate) or, where a test
-needs it, :attr:`Broker.plain_port` (the shipped plain loopback listener).
+needs it, :attr:`Broker.plain_port` (the shipped plain loopback listener). Browsers use
+:attr:`Broker.ws_port` (MQTT over WebSockets, loopback) or :attr:`Broker.wss_port` (WSS).
 """
 
 from __future__ import annotations
@@ -40,12 +41,17 @@ from appliance.brokerconf import (
     SHIPPED_ACL,
     SHIPPED_CONF,
     TLS_PORT,
+    WS_PORT,
+    WSS_PORT,
     TlsFiles,
     render_conf,
 )
 from appliance.settings import BrokerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The shipped listeners, in the order of :attr:`Broker.ports`.
+SHIPPED_PORTS = (TLS_PORT, CERT_PORT, PLAIN_PORT, WS_PORT, WSS_PORT)
 
 # A throwaway account whose password changes with every reload: once the broker
 # accepts its newest password, it has read every change written before it.
@@ -132,6 +138,8 @@ class Broker:
         self.port = port if port is not None else 0
         self.cert_port = 0
         self.plain_port = 0
+        self.ws_port = 0
+        self.wss_port = 0
         self._fixed_port = port is not None
         self.tls_dir = self.workdir / "tls"
         self.tls: TlsFiles = self._init_tls()
@@ -168,6 +176,7 @@ class Broker:
                 self.port = free_port()
             if not self._fixed_port or not self.cert_port:
                 self.cert_port, self.plain_port = free_port(), free_port()
+                self.ws_port, self.wss_port = free_port(), free_port()
             try:
                 self._spawn(timeout)
             except BrokerError:
@@ -364,7 +373,7 @@ class Broker:
             self.data_dir.mkdir(exist_ok=True)
         text = render_conf(
             self.conf_template.read_text(encoding="utf-8"),
-            ports={TLS_PORT: self.port, CERT_PORT: self.cert_port, PLAIN_PORT: self.plain_port},
+            ports=dict(zip(SHIPPED_PORTS, self.ports, strict=True)),
             tls=self.tls,
             passwd_file=self.passwd_path,
             acl_file=self.acl_file,
@@ -392,11 +401,21 @@ class Broker:
                 raise BrokerError(f"mosquitto exited at start\n{self._output()}")
             # Every listener, not just the first: Mosquitto binds them in turn and
             # exits if a later port was taken meanwhile (a free port is only a guess).
-            if all(self._accepts(port) for port in (self.port, self.cert_port, self.plain_port)):
+            if all(self._accepts(port) for port in self.ports):
                 return
             time.sleep(0.005)
         self._end(signal.SIGKILL, 5.0)
         raise BrokerError(f"mosquitto did not listen within {timeout} s\n{self._output()}")
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every listener's port."""
+        return (self.port, self.cert_port, self.plain_port, self.ws_port, self.wss_port)
+
+    @property
+    def ws_url(self) -> str:
+        """Where a page served from the loopback finds the broker."""
+        return f"ws://{self.host}:{self.ws_port}/"
 
     def _accepts(self, port: int) -> bool:
         try:

@@ -153,7 +153,7 @@ def test_retained_flood_of_big_messages_leaves_nothing(
     assert growth_mib < 4, f"broker RSS grew by {growth_mib:.1f} MiB"
 
 
-@pytest.mark.parametrize("listener", ["plain_port", "port", "cert_port"])
+@pytest.mark.parametrize("listener", ["plain_port", "port", "cert_port", "ws_port", "wss_port"])
 def test_every_listener_caps_its_connections(broker: Broker, listener: str) -> None:
     text = broker.conf_path.read_text(encoding="utf-8")
     block = text.split(f"listener {getattr(broker, listener)} ")[1].split("\nlistener ")[0]

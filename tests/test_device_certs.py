@@ -273,6 +273,7 @@ def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
         admin.add_user(passwd, secrets_dir, "pi-pw")
         ports = {brokerconf.TLS_PORT: free_port(), brokerconf.CERT_PORT: free_port()}
         ports[brokerconf.PLAIN_PORT] = free_port()
+        ports |= {brokerconf.WS_PORT: free_port(), brokerconf.WSS_PORT: free_port()}
         conf = root / "mosquitto.conf"
         conf.write_text(
             brokerconf.render_conf(

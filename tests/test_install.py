@@ -147,8 +147,9 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
     cert_port, tls_port, plain_port = free_port(), free_port(), free_port()
     coap_port = free_udp_port()
     printed = install(
-        root, "--device", DEVICE, "--broker", "127.0.0.1", "--port", str(cert_port), "--server"
-    )
+        root, "--device", DEVICE, "--broker", "127.0.0.1", "--port", str(cert_port), "--server",
+        "--web",
+    )  # fmt: skip
 
     # The venv is the system interpreter's, and the tools are linked onto the (rooted) PATH.
     venv = root / "opt/gochat/venv"
@@ -161,6 +162,14 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
     for tool in ("gochat-admin", "gochat-appliance", "gochat-server"):
         link = root / "usr/local/bin" / tool
         assert link.resolve() == (venv / "bin" / tool).resolve(), tool
+    # The page, its MQTT.js bundle, where it finds the broker, and the nginx site serving
+    # it from there with the broker's certificate (tests/web/test_page_deployment.py runs it).
+    web = root / "opt/gochat/web"
+    assert (web / "index.html").is_file() and (web / "vendor/mqtt.esm.js").is_file()
+    assert json.loads((web / "config.json").read_text()) == {"broker_url": "wss://127.0.0.1:8081/"}
+    site = (root / "etc/nginx/sites-enabled/gochat").read_text()
+    assert f"root {web};" in site and f"ssl_certificate {root}/etc/mosquitto/gochat/server.crt;" in site
+    assert "add-user NAME" in printed
     # The paths the server reads are where the admin tool writes.
     server_toml = (root / "etc/gochat/server.toml").read_text()
     assert f'password_file = "{root}/etc/gochat/credentials/gochat-server.password"' in server_toml
@@ -183,6 +192,7 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
     rendered = tmp_path / "mosquitto.conf"
     ports = {brokerconf.CERT_PORT: cert_port, brokerconf.TLS_PORT: tls_port}
     ports[brokerconf.PLAIN_PORT] = plain_port
+    ports |= {brokerconf.WS_PORT: free_port(), brokerconf.WSS_PORT: free_port()}
     rendered.write_text(broker_conf(Path(broker_cmd[2]), ports, tmp_path / "broker.log"))
     broker = processes.start(["mosquitto", "-c", str(rendered)], env, "mosquitto")
     for port in (cert_port, tls_port):
@@ -217,6 +227,7 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
         (["--broker", "a/b"], "--broker"),
         (["--root", "/tmp/a b"], "--root"),
         (["--deps-from", "/no/such/dir"], "--deps-from"),
+        (["--web"], "--web"),
     ],
 )
 def test_the_installer_refuses_bad_arguments_before_doing_anything(

@@ -47,6 +47,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     MQTT: (SETTINGS,),
     BROKERCONF: (),
     "appliance.client": (PROTOCOL, MQTT),
+    "appliance.pageserver": (),
     "appliance.admin": (
         PROTOCOL,
         BROKERCONF,

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +32,11 @@ READY = "run-dev: running;"
 
 
 def free_block() -> int:
-    """A port P with TCP P..P+2 and UDP P+3..P+5 free (what one demo binds)."""
+    """A port P with TCP P..P+5 (broker, page) and UDP P+3..P+5 (CoAP) free (what one
+    demo binds)."""
     for _ in range(200):
         port = random.randrange(20_000, 60_000)
-        if all(_free(socket.SOCK_STREAM, port + i) for i in range(3)) and all(
+        if all(_free(socket.SOCK_STREAM, port + i) for i in range(6)) and all(
             _free(socket.SOCK_DGRAM, port + 3 + i) for i in range(3)
         ):
             return port
@@ -118,6 +120,12 @@ def test_a_second_run_refuses_at_once_and_another_port_runs_beside_it(
     assert host["role"] == "host" and host["connection"] == "online"
     kept = snapshot(first.state)
     assert "broker/secrets/watcher.password" in kept and "broker/passwd" in kept
+    assert {"broker/secrets/web-1.password", "broker/secrets/web-2.password"} <= set(kept)
+    # The page's address: on a line of its own, in web.url, and it serves the page.
+    url = (first.state / "web.url").read_text().strip()
+    assert url == f"http://127.0.0.1:{port + 5}/" and url in first.output().splitlines()
+    with urllib.request.urlopen(url, timeout=10) as page:
+        assert b'data-testid="login-user"' in page.read()
 
     started = time.monotonic()
     again = Demo(base, port)

@@ -33,15 +33,23 @@ def test_the_shipped_conf_serves_tls_on_every_interface_and_plain_on_loopback() 
     lines = brokerconf.SHIPPED_CONF.read_text(encoding="utf-8").splitlines()
     settings = [line for line in lines if line and not line.startswith("#")]
     listeners = [line for line in settings if line.startswith("listener ")]
-    assert listeners == ["listener 1883 127.0.0.1", "listener 8883", "listener 8884"]
+    assert listeners == ["listener 1883 127.0.0.1", "listener 8883", "listener 8884",
+                         "listener 8080 127.0.0.1", "listener 8081"]  # fmt: skip
     cert_block = settings[settings.index("listener 8883") : settings.index("listener 8884")]
     for option in ("cafile", "certfile", "keyfile", "crlfile"):
         assert any(line.startswith(f"{option} ") for line in cert_block), option
     assert "require_certificate true" in cert_block
     assert "use_identity_as_username true" in cert_block
-    password_block = settings[settings.index("listener 8884") :]
+    password_block = settings[settings.index("listener 8884") : settings.index("listener 8080 127.0.0.1")]
     assert "require_certificate false" in password_block
     assert "use_identity_as_username true" not in password_block
+    # Browsers: WebSockets, plain on loopback only, TLS with a password everywhere.
+    ws_block = settings[settings.index("listener 8080 127.0.0.1") : settings.index("listener 8081")]
+    assert "protocol websockets" in ws_block
+    assert not any(line.startswith("certfile ") for line in ws_block)
+    wss_block = settings[settings.index("listener 8081") :]
+    assert "protocol websockets" in wss_block and "require_certificate false" in wss_block
+    assert any(line.startswith("certfile ") for line in wss_block)
 
 
 def test_a_rendered_conf_binds_every_listener_to_loopback(broker: Broker) -> None:
@@ -49,7 +57,9 @@ def test_a_rendered_conf_binds_every_listener_to_loopback(broker: Broker) -> Non
     assert f"listener {broker.port} 127.0.0.1" in text
     assert f"listener {broker.cert_port} 127.0.0.1" in text
     assert f"listener {broker.plain_port} 127.0.0.1" in text
-    assert text.count(f"cafile {broker.ca_file}") == 2
+    assert f"listener {broker.ws_port} 127.0.0.1" in text
+    assert f"listener {broker.wss_port} 127.0.0.1" in text
+    assert text.count(f"cafile {broker.ca_file}") == 3
     assert f"crlfile {broker.tls.crl}" in text
 
 
