@@ -14,12 +14,14 @@ BIN := $(VENV)/bin
 # Touched after a successful `pip install`; older than pyproject.toml = reinstall.
 STAMP := $(VENV)/.installed
 
-# Run-time and build dependencies from the OS: the broker and its clients, Opus,
-# PortAudio headers (PyAudio builds from source against them), a speech synthesiser
-# and sox for test audio, ALSA utilities, and what building a wheel needs; systemd
-# (for `systemd-analyze verify` of the units) and shellcheck for the tests.
-APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
-	alsa-utils python3-venv python3-dev build-essential systemd shellcheck
+# Run-time and build dependencies from the OS: the broker and its clients, the
+# broker's headers (its plugin in broker-plugin/ builds against them), Opus, PortAudio
+# headers (PyAudio builds from source against them), a speech synthesiser and sox for
+# test audio, ALSA utilities, and what building a wheel needs; systemd (for
+# `systemd-analyze verify` of the units) and shellcheck for the tests.
+APT_PACKAGES := mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev libopus0 \
+	portaudio19-dev espeak-ng sox alsa-utils python3-venv python3-dev build-essential \
+	systemd shellcheck
 
 .PHONY: help venv system-packages test lint run install clean distclean
 
@@ -75,7 +77,8 @@ install:
 	scripts/install-pi $(INSTALL_ARGS)
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev \
+		broker-plugin/build
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

@@ -373,6 +373,12 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--plain-port", type=int, help="for plain MQTT (PORT+2)")
     conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
     conf.add_argument("--ca", type=Path, help="CA directory, made on first use (default DIR/tls)")
+    conf.add_argument(
+        "--plugin",
+        type=Path,
+        help="the built gochat_guard plugin (make -C broker-plugin); without it the broker"
+        " is guarded only by the server (docs/security.md)",
+    )
     return parser
 
 
@@ -536,7 +542,7 @@ def _broker_conf(args: argparse.Namespace) -> str:
         brokerconf.PLAIN_PORT: args.plain_port or port + 2,
     }
     tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
-    return brokerconf.private_conf(ports, args.dir, tls)
+    return brokerconf.private_conf(ports, args.dir, tls, plugin=args.plugin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

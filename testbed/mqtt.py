@@ -6,6 +6,7 @@ client is expected, and it adds blocking helpers with short bounded waits:
 
 - :meth:`~RecordingClient.subscribe_wait` -> SUBACK reason codes
 - :meth:`~RecordingClient.publish_wait` -> PUBACK reason code (QoS 1)
+- :meth:`~RecordingClient.publish_many_wait` -> PUBACK reason codes of a burst
 - :meth:`~RecordingClient.expect` -> the next message on a topic filter
 - :meth:`~RecordingClient.collect_until` -> everything up to a sentinel message,
   which is how a test shows that something was *not* delivered without sleeping.
@@ -171,6 +172,16 @@ class RecordingClient(mqtt.Client):
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise MqttWaitError(f"{self.user}: publish failed locally: {info.rc}")
         return self._wait_ack(info.mid, timeout, "PUBACK")[0]
+
+    def publish_many_wait(
+        self, topic: str, payloads: list[bytes], *, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[ReasonCode]:
+        """Publish every payload at QoS 1 without waiting in between (a burst), then
+        return their PUBACK reason codes in order."""
+        infos = [self.publish(topic, payload, qos=1) for payload in payloads]
+        if any(info.rc != mqtt.MQTT_ERR_SUCCESS for info in infos):
+            raise MqttWaitError(f"{self.user}: publish failed locally")
+        return [self._wait_ack(info.mid, timeout, "PUBACK")[0] for info in infos]
 
     def expect(self, topic_filter: str = "#", timeout: float = DEFAULT_TIMEOUT) -> mqtt.MQTTMessage:
         """The next received message whose topic matches ``topic_filter``.

@@ -28,7 +28,7 @@ from appliance.device.settings import ApplianceSettings
 from appliance.mqtt import make_client
 from appliance.settings import EX_CONFIG, BrokerSettings, ConfigError
 from testbed import Broker, MqttClientFactory, free_port, probe_login
-from testbed.broker import SHIPPED_ACL
+from testbed.broker import SHIPPED_ACL, guard_plugin
 from testbed.daemons import InProcessDaemon, to_toml
 from testbed.server import RunningServer
 
@@ -283,6 +283,7 @@ def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
                 data_dir=None,
                 log_file=None,
                 tls=ca.tls_files(broker_dir),
+                plugin=guard_plugin(),
                 run_as="mosquitto",
             ),
             encoding="utf-8",

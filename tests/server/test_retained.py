@@ -1,6 +1,10 @@
 """Retained messages never act: a retained request is never executed (not even after a
 server restart), and the server's janitor clears what is retained on request and
-audio topics (docs/protocol.md 3.1)."""
+audio topics (docs/protocol.md 3.1).
+
+On a broker without the plugin, which would refuse these messages before the server
+sees them (tests/test_broker_guard.py): this is the second line.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import queue
 import time
 from pathlib import Path
 
+import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.client import GoChatClient
@@ -17,6 +22,8 @@ from appliance.protocol import topics
 from appliance.protocol.topics import SERVER_USER_ID
 from testbed import Broker, connect_client
 from testbed.server import RunningServer, connect
+
+pytestmark = pytest.mark.unguarded
 
 
 def _answers(client: GoChatClient, correlation: bytes, wait_s: float) -> list[int]:

@@ -1,0 +1,127 @@
+"""The broker plugin (broker-plugin/gochat_guard.c) on a real Mosquitto with the shipped
+configuration: retained messages only where the protocol retains them, and a request
+flood refused at the broker. What the server does on a broker without the plugin is
+tests/server/test_retained.py and test_fairness.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from appliance.protocol import topics
+from testbed import Broker, BrokerError, MqttClientFactory, RecordingClient
+from testbed.broker import SHIPPED_ACL, SHIPPED_CONF
+
+SERVER = topics.SERVER_USER_ID
+NOT_AUTHORIZED = 0x87
+LIMIT = 40  # plugin_opt_limit_per_s in the shipped configuration
+PACKET_LIMIT = 65536  # max_packet_size
+
+
+def retained_topics(watcher: RecordingClient, filters: list[str]) -> dict[str, bytes]:
+    """What a new subscriber to ``filters`` is sent retained (retain handling 0), up to
+    a sentinel the watcher publishes after subscribing."""
+    sentinel = topics.audio("zz-sentinel", watcher.user)
+    watcher.subscribe_wait([(f, SubscribeOptions(qos=1)) for f in [*filters, sentinel]])  # type: ignore[misc]
+    watcher.publish_wait(sentinel, b"sentinel")
+    got = watcher.collect_until(lambda msg: msg.topic == sentinel)
+    return {msg.topic: msg.payload for msg in got if msg.retain}
+
+
+def test_a_device_cannot_retain_on_its_request_or_audio_topics(
+    broker: Broker, mqtt_client: MqttClientFactory
+) -> None:
+    mallory = mqtt_client(broker, "mallory")
+    request, frame = topics.request("mallory", "logout"), topics.audio("r1", "mallory")
+    for topic in (request, frame):
+        assert mallory.publish_wait(topic, b"junk", retain=True).value == NOT_AUTHORIZED
+        mallory.publish_wait(topic, b"junk", qos=0, retain=True)  # dropped, silently
+    # Its own presence is where the protocol retains: stored as before.
+    assert not mallory.publish_wait(topics.presence("mallory"), b"online", retain=True).is_failure
+    # The live messages still pass: only the retain flag is refused.
+    assert not mallory.publish_wait(request, b"{}").is_failure
+    assert mallory.disconnects.empty()
+    watcher = mqtt_client(broker, SERVER, client_id=f"{SERVER}-watch")
+    seen = retained_topics(watcher, [*topics.RETAINED_SWEEP, topics.PRESENCE_ALL])
+    assert seen == {topics.presence("mallory"): b"online"}
+    assert "gochat_guard: refused 1 retained publish" in broker.log_text()
+
+
+def test_only_the_servers_accounts_retain_anywhere(
+    tmp_path: Path, mqtt_client: MqttClientFactory
+) -> None:
+    # A second server instance's account (the ACL grants it as the first one); a
+    # device whose name merely starts like one is a device.
+    acl = tmp_path / "acl"
+    acl.write_text(
+        SHIPPED_ACL.read_text(encoding="utf-8")
+        + "\nuser gochat-server-2\ntopic readwrite gochat/#\n",
+        encoding="utf-8",
+    )
+    with Broker(tmp_path / "broker", acl_file=acl) as broker:
+        state = topics.room_state("r1")
+        for server in (SERVER, "gochat-server-2"):
+            client = mqtt_client(broker, server)
+            assert not client.publish_wait(state, b"{}", retain=True).is_failure, server
+            own_request = topics.request(server, "x")
+            assert not client.publish_wait(own_request, b"{}", retain=True).is_failure, server
+        impostor = mqtt_client(broker, "gochat-serverx")
+        refused = impostor.publish_wait(topics.request("gochat-serverx", "x"), b"{}", retain=True)
+        assert refused.value == NOT_AUTHORIZED
+
+
+def test_a_retained_junk_flood_leaves_the_broker_as_it_was(
+    broker: Broker, mqtt_client: MqttClientFactory
+) -> None:
+    # 300 retained messages just under the packet limit (18 MB), on the sender's own
+    # request and audio topics, at QoS 0 and 1: the broker once stored them all.
+    mallory = mqtt_client(broker, "mallory")
+    rss_before = broker.rss_kib()
+    junk = b"\0" * (PACKET_LIMIT - 1024)
+    sent = []
+    for i in range(300):
+        topic = topics.request("mallory", f"m{i}") if i % 2 else topics.audio(f"r{i}", "mallory")
+        sent.append(mallory.publish(topic, junk, qos=i % 3 % 2, retain=True))
+    for info in sent:
+        info.wait_for_publish(10)
+    assert mallory.disconnects.empty()  # refused message by message, not cut off
+    watcher = mqtt_client(broker, SERVER)
+    assert retained_topics(watcher, list(topics.RETAINED_SWEEP)) == {}
+    growth_mib = (broker.rss_kib() - rss_before) / 1024
+    assert growth_mib < 4, f"broker RSS grew by {growth_mib:.1f} MiB"
+
+
+def test_a_request_flood_is_refused_at_the_broker_past_the_limit(
+    broker: Broker, mqtt_client: MqttClientFactory
+) -> None:
+    flooder, bystander = mqtt_client(broker, "flooder"), mqtt_client(broker, "bystander")
+    request = topics.request("flooder", "heartbeat")
+    codes = [code.value for code in flooder.publish_many_wait(request, [b"{}"] * 3 * LIMIT)]
+    # One fixed window per second: the first LIMIT pass (a slow machine may start a
+    # second window within the burst), the rest is refused, and nobody else is.
+    passed = [code for code in codes if code != NOT_AUTHORIZED]
+    assert LIMIT <= len(passed) < len(codes) and codes[:LIMIT] == passed[:LIMIT]
+    assert not bystander.publish_wait(topics.request("bystander", "heartbeat"), b"{}").is_failure
+    assert flooder.disconnects.empty()
+
+
+@pytest.mark.parametrize(
+    ("option", "error"),
+    [
+        ("plugin_opt_limit_per_s lots", "plugin_opt_limit_per_s must be a whole number"),
+        ("plugin_opt_limits 40", "unknown option plugin_opt_limits"),
+    ],
+)
+def test_a_bad_plugin_option_stops_the_broker_with_a_clear_error(
+    tmp_path: Path, option: str, error: str
+) -> None:
+    template = tmp_path / "mosquitto.conf"
+    template.write_text(
+        SHIPPED_CONF.read_text(encoding="utf-8").replace("plugin_opt_limit_per_s 40", option),
+        encoding="utf-8",
+    )
+    with pytest.raises(BrokerError, match=error):
+        Broker(tmp_path / "broker", conf_template=template).start()
