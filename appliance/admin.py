@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from appliance import brokerconf, ca, pki, revocation
-from appliance.protocol.topics import SERVER_USER_ID, is_user_id
+from appliance.protocol.topics import SERVER_USER_ID, is_server_account, is_user_id
 from appliance.settings import BrokerSettings
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
@@ -564,11 +564,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             name: str = args.name
             check_name(name)
-            if name == SERVER_USER_ID:
-                # The server account may read and write all of gochat/# (the ACL):
-                # a device must never be able to hold that name.
+            if is_server_account(name):
+                # A server account may read and write all of gochat/# (the ACL) and
+                # retain anywhere (the broker plugin): never a device's name.
                 hint = " (use add-server)" if args.command == "add-device" else ""
-                raise InvalidNameError(f"{name!r} is the server's account, not a device{hint}")
+                raise InvalidNameError(f"{name!r} is a server's account, not a device{hint}")
             if args.command == "remove-device":
                 remove_user(passwd, secret_dir, name)
                 print(f"removed {name} from {passwd}")

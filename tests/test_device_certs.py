@@ -91,7 +91,7 @@ def test_enroll_refuses_a_name_that_is_no_user_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert appliance_cli.main(["enroll", "--device", "gochat-server", "--dir", str(tmp_path)]) == 1
-    assert "server's account" in capsys.readouterr().err
+    assert "a server's account" in capsys.readouterr().err
     assert not (tmp_path / "device.key").exists()
 
 
