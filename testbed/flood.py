@@ -250,6 +250,11 @@ class Flood:
         self._proc.start()
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The flooding process's id once started."""
+        return self._proc.pid
+
     def join(self, timeout_s: float = 30.0) -> FloodReport:
         """Wait for the end; what was sent and answered."""
         report: FloodReport = self._out.get(timeout=timeout_s)
@@ -257,7 +262,8 @@ class Flood:
         return report
 
     def kill(self) -> None:
-        if self._proc.is_alive():
+        """End the flooding process now, if it was started and still runs."""
+        if self._proc.pid is not None and self._proc.is_alive():
             self._proc.kill()
 
 
