@@ -9,12 +9,12 @@
  *      its sender is a server account or the topic is the sender's own presence: a
  *      device can no longer park messages on its request or audio topics, since the
  *      broker never stores them (PUBACK 0x87 at QoS 1, dropped at QoS 0).
- *   2. A request flood stops at the broker. Past `limit_per_s` messages a second on
- *      the request topics, a client's further requests that second are refused the
- *      same way, so a flooding device never sits in the server's queue ahead of
- *      everyone else. The limit is twice the server's own (20 accepted and 20 answered
- *      429 per user per second): the server still applies its exact limit to what
- *      passes.
+ *   2. A flood stops at the broker. Past a rate a second on a topic prefix, a client's
+ *      further messages there that second are refused the same way. Requests: 40 a
+ *      second, twice the server's own limit (20 accepted and 20 answered 429 per user
+ *      per second), which still applies to what passes; a flooding device never sits
+ *      in the server's queue ahead of everyone else. Audio: 100 frames a second, twice
+ *      the fastest legitimate stream, so a device cannot drown its room's listeners.
  *
  * Everything else is deferred to the acl_file. Options (plugin_opt_NAME VALUE):
  *
@@ -22,9 +22,10 @@
  *                 a prefix (default: gochat-server,gochat-server-*)
  *   own_retained  the one topic every client may retain on, %u standing for its
  *                 username (default: gochat/v1/presence/%u)
- *   limited       the topic prefix under rule 2 (default: gochat/v1/req/)
- *   limit_per_s   messages a second per client under that prefix; 0: no limit
- *                 (default: 40)
+ *   limits        PREFIX=PER_SECOND,... the rates of rule 2, the first matching prefix
+ *                 applying (default: gochat/v1/req/=40,gochat/v1/room/=100; the
+ *                 acl_file lets devices write only their audio under room/); empty:
+ *                 no limits
  *
  * Refusals are counted and logged at most once every 10 s, never once per message.
  */
@@ -42,11 +43,12 @@
 #include <mosquitto_plugin.h>
 
 #define MAX_SERVERS 16
+#define MAX_LIMITS 8
 #define MAX_TEXT 256
-/* Rate windows: a client holds a slot only during a second in which it published under
- * the limited prefix, so the table needs room for the clients active in one second.
- * 16384 slots of 24 bytes (384 KiB). When PROBES slots in a row are taken, the request
- * passes unlimited (the server's own limit still holds). */
+/* Rate windows: a client holds a slot per limited prefix only during a second in which
+ * it published there, so the table needs room for the clients active in one second.
+ * 16384 slots of 24 bytes (384 KiB). When PROBES slots in a row are taken, the message
+ * passes unlimited (for requests, the server's own limit still holds). */
 #define SLOTS 16384u
 #define PROBES 32u
 #define WINDOW_MS 1000
@@ -58,17 +60,22 @@ struct window {
 	uint32_t count;
 };
 
+struct limit {
+	char prefix[MAX_TEXT];
+	unsigned long per_s;
+};
+
 struct guard {
 	mosquitto_plugin_id_t *id;
 	char servers[MAX_SERVERS][MAX_TEXT];
 	int server_count;
 	char own_retained[MAX_TEXT];
-	char limited[MAX_TEXT];
-	unsigned long limit_per_s;
+	struct limit limits[MAX_LIMITS];
+	int limit_count;
 	struct window *windows;
 	/* refusals since the last log line, and the latest one */
 	unsigned long retained_refused;
-	unsigned long requests_refused;
+	unsigned long rate_refused;
 	char latest[2 * MAX_TEXT];
 	int64_t last_log_ms;
 };
@@ -125,12 +132,14 @@ static uint64_t hash(const char *text)
 	return h ? h : 1;
 }
 
-/* Count one message of `username` at `now`; whether it is past the limit. A fixed
- * one-second window per client: at most twice the limit across a window's edge, which
- * the server's exact sliding window then trims. */
-static bool over_limit(const char *username, int64_t now)
+/* Count one message of `username` under limit `rule` at `now`; whether it is past the
+ * limit. A fixed one-second window per client and rule: at most twice the limit across
+ * a window's edge (for requests, the server's exact sliding window then trims it). */
+static bool over_limit(const char *username, int rule, int64_t now)
 {
-	uint64_t key = hash(username);
+	unsigned long per_s = guard.limits[rule].per_s;
+	uint64_t key = hash(username) + (uint64_t)rule * 0x9E3779B97F4A7C15ull;
+	if(key == 0) key = 1;
 	struct window *free_slot = NULL;
 	for(unsigned i = 0; i < PROBES; i++){
 		struct window *w = &guard.windows[(key + i) & (SLOTS - 1)];
@@ -139,8 +148,8 @@ static bool over_limit(const char *username, int64_t now)
 				w->start_ms = now;
 				w->count = 0;
 			}
-			if(w->count <= guard.limit_per_s) w->count++;
-			return w->count > guard.limit_per_s;
+			if(w->count <= per_s) w->count++;
+			return w->count > per_s;
 		}
 		/* A slot idle for a whole window is free again. Keys are never placed past a
 		 * slot that was never used, so the search ends there. */
@@ -165,11 +174,11 @@ static void refused(unsigned long *counter, const char *why, const char *usernam
 	if(now - guard.last_log_ms < LOG_EVERY_MS) return;
 	snprintf(guard.latest, sizeof(guard.latest), "%s by %s on %s", why, username, topic);
 	mosquitto_log_printf(MOSQ_LOG_WARNING,
-			"gochat_guard: refused %lu retained publish(es) and %lu request(s) over "
-			"%lu/s since the last report; latest: %s",
-			guard.retained_refused, guard.requests_refused, guard.limit_per_s, guard.latest);
+			"gochat_guard: refused %lu retained publish(es) and %lu over a rate limit "
+			"since the last report; latest: %s",
+			guard.retained_refused, guard.rate_refused, guard.latest);
 	guard.retained_refused = 0;
-	guard.requests_refused = 0;
+	guard.rate_refused = 0;
 	guard.last_log_ms = now;
 }
 
@@ -186,10 +195,13 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		refused(&guard.retained_refused, "retained", username, check->topic);
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	if(guard.limit_per_s > 0 && starts_with(check->topic, guard.limited)
-			&& over_limit(username, now_ms())){
-		refused(&guard.requests_refused, "request", username, check->topic);
-		return MOSQ_ERR_ACL_DENIED;
+	for(int rule = 0; rule < guard.limit_count; rule++){
+		if(!starts_with(check->topic, guard.limits[rule].prefix)) continue;
+		if(over_limit(username, rule, now_ms())){
+			refused(&guard.rate_refused, "over the rate limit", username, check->topic);
+			return MOSQ_ERR_ACL_DENIED;
+		}
+		break;
 	}
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
@@ -223,18 +235,41 @@ static bool parse_servers(const char *value)
 	return true;
 }
 
-static bool parse_limit(const char *value)
+/* One PREFIX=PER_SECOND of plugin_opt_limits. */
+static bool parse_limit(char *item)
 {
+	char *equals = strrchr(item, '=');
 	char *end = NULL;
 	errno = 0;
-	unsigned long limit = strtoul(value, &end, 10);
-	if(errno || end == value || *end != '\0' || value[0] == '-' || limit > 1000000){
+	unsigned long per_s = equals ? strtoul(equals + 1, &end, 10) : 0;
+	if(equals == NULL || equals == item || errno || end == equals + 1 || *end != '\0'
+			|| equals[1] == '-' || per_s == 0 || per_s > 1000000){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-				"gochat_guard: plugin_opt_limit_per_s must be a whole number 0-1000000, not '%s'",
-				value);
+				"gochat_guard: plugin_opt_limits takes PREFIX=PER_SECOND (1-1000000),"
+				" comma-separated, not '%s'", item);
 		return false;
 	}
-	guard.limit_per_s = limit;
+	if(guard.limit_count == MAX_LIMITS){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"gochat_guard: plugin_opt_limits names more than %d prefixes", MAX_LIMITS);
+		return false;
+	}
+	*equals = '\0';
+	struct limit *limit = &guard.limits[guard.limit_count++];
+	strcpy(limit->prefix, item);
+	limit->per_s = per_s;
+	return true;
+}
+
+static bool parse_limits(const char *value)
+{
+	char list[MAX_TEXT];
+	if(!copy_text(list, value, "limits")) return false;
+	guard.limit_count = 0;
+	char *rest = list;
+	for(char *item = strtok_r(list, ", \t", &rest); item; item = strtok_r(NULL, ", \t", &rest)){
+		if(!parse_limit(item)) return false;
+	}
 	return true;
 }
 
@@ -242,26 +277,24 @@ static bool parse_options(struct mosquitto_opt *options, int option_count)
 {
 	if(!parse_servers("gochat-server,gochat-server-*")) return false;
 	strcpy(guard.own_retained, "gochat/v1/presence/%u");
-	strcpy(guard.limited, "gochat/v1/req/");
-	guard.limit_per_s = 40;
+	if(!parse_limits("gochat/v1/req/=40,gochat/v1/room/=100")) return false;
 	for(int i = 0; i < option_count; i++){
 		const char *key = options[i].key, *value = options[i].value ? options[i].value : "";
 		bool ok;
 		if(!strcmp(key, "servers")) ok = parse_servers(value);
 		else if(!strcmp(key, "own_retained")) ok = copy_text(guard.own_retained, value, key);
-		else if(!strcmp(key, "limited")) ok = copy_text(guard.limited, value, key);
-		else if(!strcmp(key, "limit_per_s")) ok = parse_limit(value);
+		else if(!strcmp(key, "limits")) ok = parse_limits(value);
 		else{
 			mosquitto_log_printf(MOSQ_LOG_ERR,
 					"gochat_guard: unknown option plugin_opt_%s (servers, own_retained,"
-					" limited, limit_per_s)", key);
+					" limits)", key);
 			ok = false;
 		}
 		if(!ok) return false;
 	}
-	if(guard.server_count == 0 || guard.own_retained[0] == '\0' || guard.limited[0] == '\0'){
+	if(guard.server_count == 0 || guard.own_retained[0] == '\0'){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-				"gochat_guard: servers, own_retained and limited must not be empty");
+				"gochat_guard: servers and own_retained must not be empty");
 		return false;
 	}
 	return true;
@@ -294,9 +327,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		return rc;
 	}
 	mosquitto_log_printf(MOSQ_LOG_INFO,
-			"gochat_guard: retained publishes only from %s... or on %s; at most %lu/s per"
-			" client on %s",
-			guard.servers[0], guard.own_retained, guard.limit_per_s, guard.limited);
+			"gochat_guard: retained publishes only from %s... or on %s; %d rate limit(s)",
+			guard.servers[0], guard.own_retained, guard.limit_count);
+	for(int rule = 0; rule < guard.limit_count; rule++){
+		mosquitto_log_printf(MOSQ_LOG_INFO, "gochat_guard: at most %lu/s per client on %s*",
+				guard.limits[rule].per_s, guard.limits[rule].prefix);
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 

@@ -6,6 +6,7 @@ tests/server/test_retained.py and test_fairness.py.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,18 @@ from testbed.broker import SHIPPED_ACL, SHIPPED_CONF
 
 SERVER = topics.SERVER_USER_ID
 NOT_AUTHORIZED = 0x87
-LIMIT = 40  # plugin_opt_limit_per_s in the shipped configuration
 PACKET_LIMIT = 65536  # max_packet_size
+
+
+def shipped_limits() -> dict[str, int]:
+    """plugin_opt_limits of the shipped configuration: topic prefix -> per second."""
+    match = re.search(r"^plugin_opt_limits (\S+)$", SHIPPED_CONF.read_text(), re.MULTILINE)
+    assert match is not None
+    pairs = (item.rsplit("=", 1) for item in match.group(1).split(","))
+    return {prefix: int(per_s) for prefix, per_s in pairs}
+
+
+LIMITS = shipped_limits()
 
 
 def retained_topics(watcher: RecordingClient, filters: list[str]) -> dict[str, bytes]:
@@ -94,25 +105,37 @@ def test_a_retained_junk_flood_leaves_the_broker_as_it_was(
     assert growth_mib < 4, f"broker RSS grew by {growth_mib:.1f} MiB"
 
 
-def test_a_request_flood_is_refused_at_the_broker_past_the_limit(
-    broker: Broker, mqtt_client: MqttClientFactory
+@pytest.mark.parametrize(
+    ("prefix", "topic"),
+    [
+        (topics.REQUEST_PREFIX, topics.request("{}", "heartbeat")),
+        (f"{topics.ROOT}/room/", topics.audio("r1", "{}")),
+    ],
+)
+def test_a_flood_is_refused_at_the_broker_past_the_limit(
+    broker: Broker, mqtt_client: MqttClientFactory, prefix: str, topic: str
 ) -> None:
+    limit = LIMITS[prefix]
     flooder, bystander = mqtt_client(broker, "flooder"), mqtt_client(broker, "bystander")
-    request = topics.request("flooder", "heartbeat")
-    codes = [code.value for code in flooder.publish_many_wait(request, [b"{}"] * 3 * LIMIT)]
-    # One fixed window per second: the first LIMIT pass (a slow machine may start a
+    burst = flooder.publish_many_wait(topic.format("flooder"), [b"{}"] * 3 * limit)
+    codes = [code.value for code in burst]
+    # One fixed window per second: the first `limit` pass (a slow machine may start a
     # second window within the burst), the rest is refused, and nobody else is.
     passed = [code for code in codes if code != NOT_AUTHORIZED]
-    assert LIMIT <= len(passed) < len(codes) and codes[:LIMIT] == passed[:LIMIT]
-    assert not bystander.publish_wait(topics.request("bystander", "heartbeat"), b"{}").is_failure
+    assert limit <= len(passed) < len(codes) and codes[:limit] == passed[:limit]
+    assert not bystander.publish_wait(topic.format("bystander"), b"{}").is_failure
     assert flooder.disconnects.empty()
+    # Each prefix has its own window: the flooder's other topics are not limited.
+    other = topics.request("flooder", "x") if "/room/" in topic else topics.audio("r1", "flooder")
+    assert not flooder.publish_wait(other, b"{}").is_failure
 
 
 @pytest.mark.parametrize(
     ("option", "error"),
     [
-        ("plugin_opt_limit_per_s lots", "plugin_opt_limit_per_s must be a whole number"),
-        ("plugin_opt_limits 40", "unknown option plugin_opt_limits"),
+        ("plugin_opt_limits gochat/v1/req/=lots", "takes PREFIX=PER_SECOND"),
+        ("plugin_opt_limits 40", "takes PREFIX=PER_SECOND"),
+        ("plugin_opt_limit_per_s 40", "unknown option plugin_opt_limit_per_s"),
     ],
 )
 def test_a_bad_plugin_option_stops_the_broker_with_a_clear_error(
@@ -120,7 +143,7 @@ def test_a_bad_plugin_option_stops_the_broker_with_a_clear_error(
 ) -> None:
     template = tmp_path / "mosquitto.conf"
     template.write_text(
-        SHIPPED_CONF.read_text(encoding="utf-8").replace("plugin_opt_limit_per_s 40", option),
+        re.sub(r"^plugin_opt_limits .*$", option, SHIPPED_CONF.read_text(), flags=re.MULTILINE),
         encoding="utf-8",
     )
     with pytest.raises(BrokerError, match=error):

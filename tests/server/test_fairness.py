@@ -26,7 +26,7 @@ from testbed.server import RunningServer, connect
 
 FLOOD_S = 2.0
 RATE = 10_000.0
-BROKER_LIMIT = 40  # plugin_opt_limit_per_s in the shipped configuration
+BROKER_LIMIT = 40  # requests/s, plugin_opt_limits in the shipped configuration
 UNANSWERED = 10.0  # what heartbeat_latencies counts for a request never answered
 
 
