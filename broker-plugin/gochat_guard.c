@@ -218,21 +218,34 @@ static bool copy_text(char *dest, const char *value, const char *key)
 	return true;
 }
 
-static bool parse_servers(const char *value)
+/* Call `each` on every comma- or blank-separated item of option `key`'s `value`. */
+static bool each_item(const char *value, const char *key, bool (*each)(char *item))
 {
 	char list[MAX_TEXT];
-	if(!copy_text(list, value, "servers")) return false;
-	guard.server_count = 0;
+	if(!copy_text(list, value, key)) return false;
 	char *rest = list;
-	for(char *name = strtok_r(list, ", \t", &rest); name; name = strtok_r(NULL, ", \t", &rest)){
-		if(guard.server_count == MAX_SERVERS){
-			mosquitto_log_printf(MOSQ_LOG_ERR,
-					"gochat_guard: plugin_opt_servers names more than %d accounts", MAX_SERVERS);
-			return false;
-		}
-		strcpy(guard.servers[guard.server_count++], name);
+	for(char *item = strtok_r(list, ", \t", &rest); item; item = strtok_r(NULL, ", \t", &rest)){
+		if(!each(item)) return false;
 	}
 	return true;
+}
+
+/* One account name of plugin_opt_servers. */
+static bool add_server(char *name)
+{
+	if(guard.server_count == MAX_SERVERS){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"gochat_guard: plugin_opt_servers names more than %d accounts", MAX_SERVERS);
+		return false;
+	}
+	strcpy(guard.servers[guard.server_count++], name);
+	return true;
+}
+
+static bool parse_servers(const char *value)
+{
+	guard.server_count = 0;
+	return each_item(value, "servers", add_server);
 }
 
 /* One PREFIX=PER_SECOND of plugin_opt_limits. */
@@ -263,14 +276,8 @@ static bool parse_limit(char *item)
 
 static bool parse_limits(const char *value)
 {
-	char list[MAX_TEXT];
-	if(!copy_text(list, value, "limits")) return false;
 	guard.limit_count = 0;
-	char *rest = list;
-	for(char *item = strtok_r(list, ", \t", &rest); item; item = strtok_r(NULL, ", \t", &rest)){
-		if(!parse_limit(item)) return false;
-	}
-	return true;
+	return each_item(value, "limits", parse_limit);
 }
 
 static bool parse_options(struct mosquitto_opt *options, int option_count)
