@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from appliance.protocol import topics
 from benchmarks._common import machine_header, markdown_table
 from testbed import Broker, RecordingClient, connect_client
@@ -48,15 +46,10 @@ def stored(broker: Broker) -> tuple[int, int]:
     """(messages, bytes) a new subscriber to every request and audio topic is sent."""
     watcher = connect_client(broker, topics.SERVER_USER_ID)
     try:
-        sentinel = topics.audio("zz-sentinel", watcher.user)
-        filters = [*topics.RETAINED_SWEEP, sentinel]
-        watcher.subscribe_wait([(f, SubscribeOptions(qos=1)) for f in filters])  # type: ignore[misc]
-        watcher.publish_wait(sentinel, b"s")
-        got = watcher.collect_until(lambda msg: msg.topic == sentinel, timeout=60)
-        retained = [msg for msg in got if msg.retain and msg.payload]
-        return len(retained), sum(len(msg.payload) for msg in retained)
+        retained = watcher.retained(list(topics.RETAINED_SWEEP), timeout=60)
     finally:
         watcher.close()
+    return len(retained), sum(len(msg.payload) for msg in retained)
 
 
 def run(guarded: bool, count: int) -> list[str]:

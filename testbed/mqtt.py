@@ -9,7 +9,8 @@ client is expected, and it adds blocking helpers with short bounded waits:
 - :meth:`~RecordingClient.publish_many_wait` -> PUBACK reason codes of a burst
 - :meth:`~RecordingClient.expect` -> the next message on a topic filter
 - :meth:`~RecordingClient.collect_until` -> everything up to a sentinel message,
-  which is how a test shows that something was *not* delivered without sleeping.
+  which is how a test shows that something was *not* delivered without sleeping;
+  :meth:`~RecordingClient.retained` -> what the broker holds retained, the same way.
 
 Every received message also goes to :attr:`~RecordingClient.messages`, a
 thread-safe ``queue.Queue``. Read messages through either the queue or
@@ -247,6 +248,19 @@ class RecordingClient(mqtt.Client):
             got.append(msg)
             if is_sentinel(msg):
                 return got
+
+    def retained(
+        self, filters: list[str], timeout: float = DEFAULT_TIMEOUT
+    ) -> list[mqtt.MQTTMessage]:
+        """What the broker holds retained under ``filters`` (empty clears left out): it
+        is sent on subscribing (QoS 1, retain handling 0), ahead of a sentinel this
+        client publishes after the SUBACK on a topic of its own (it must be allowed to
+        write and read ``gochat/v1/room/zz-sentinel/audio/{user}``)."""
+        sentinel = f"gochat/v1/room/zz-sentinel/audio/{self.user}"
+        self.subscribe_wait([(f, 1) for f in [*filters, sentinel]])
+        self.publish_wait(sentinel, b"sentinel")
+        got = self.collect_until(lambda msg: msg.topic == sentinel, timeout)
+        return [msg for msg in got if msg.retain and msg.payload]
 
     def close(self) -> None:
         """Disconnect cleanly (no Will) and stop the network thread. Idempotent."""

@@ -1,6 +1,6 @@
 """The broker plugin (broker-plugin/gochat_guard.c) on a real Mosquitto with the shipped
-configuration: retained messages only where the protocol retains them, and a request
-flood refused at the broker. What the server does on a broker without the plugin is
+configuration: retained messages only where the protocol retains them, and floods
+(requests, audio frames) refused at the broker. What the server does on a broker without the plugin is
 tests/server/test_retained.py and test_fairness.py.
 """
 
@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.protocol import topics
 from testbed import Broker, BrokerError, MqttClientFactory, RecordingClient
@@ -33,13 +32,8 @@ LIMITS = shipped_limits()
 
 
 def retained_topics(watcher: RecordingClient, filters: list[str]) -> dict[str, bytes]:
-    """What a new subscriber to ``filters`` is sent retained (retain handling 0), up to
-    a sentinel the watcher publishes after subscribing."""
-    sentinel = topics.audio("zz-sentinel", watcher.user)
-    watcher.subscribe_wait([(f, SubscribeOptions(qos=1)) for f in [*filters, sentinel]])  # type: ignore[misc]
-    watcher.publish_wait(sentinel, b"sentinel")
-    got = watcher.collect_until(lambda msg: msg.topic == sentinel)
-    return {msg.topic: msg.payload for msg in got if msg.retain}
+    """Topic -> payload of what the broker holds retained under ``filters``."""
+    return {msg.topic: msg.payload for msg in watcher.retained(filters)}
 
 
 def test_a_device_cannot_retain_on_its_request_or_audio_topics(

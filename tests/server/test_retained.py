@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.client import GoChatClient
 from appliance.mqtt import routing_of
@@ -41,16 +40,10 @@ def _answers(client: GoChatClient, correlation: bytes, wait_s: float) -> list[in
 
 
 def _retained(broker: Broker, filters: list[str], user: str = SERVER_USER_ID) -> list[str]:
-    """Topics under ``filters`` that hold a retained message (asked with retain
-    handling 0, as ``user``), up to a sentinel published after the subscription."""
+    """Topics under ``filters`` that hold a retained message (asked as ``user``)."""
     watcher = connect_client(broker, user, client_id=f"{user}-watch")
     try:
-        sentinel = topics.audio("zz-sentinel", user)
-        wanted = [*filters, sentinel]
-        watcher.subscribe_wait([(f, SubscribeOptions(qos=1)) for f in wanted])  # type: ignore[misc]
-        watcher.publish_wait(sentinel, b"sentinel")
-        got = watcher.collect_until(lambda msg: msg.topic == sentinel)
-        return [msg.topic for msg in got if msg.retain and msg.payload]
+        return [msg.topic for msg in watcher.retained(filters)]
     finally:
         watcher.close()
 
