@@ -14,15 +14,16 @@ BIN := $(VENV)/bin
 # Touched after a successful `pip install`; older than pyproject.toml = reinstall.
 STAMP := $(VENV)/.installed
 
-# Run-time and build dependencies from the OS: the broker and its clients, Opus,
-# PortAudio headers (PyAudio builds from source against them), a speech synthesiser
-# and sox for test audio, ALSA utilities, and what building a wheel needs; systemd
-# (for `systemd-analyze verify` of the units) and shellcheck for the tests; Node.js
-# for the page's one npm dependency (MQTT.js), Chromium for the browser tests and nginx
-# for the test of the deployed page (HTTPS; the tests run their own on loopback ports).
-APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
-	alsa-utils python3-venv python3-dev build-essential systemd shellcheck nodejs chromium \
-	nginx-light
+# Run-time and build dependencies from the OS: the broker and its clients, the
+# broker's headers (its plugin in broker-plugin/ builds against them), Opus, PortAudio
+# headers (PyAudio builds from source against them), a speech synthesiser and sox for
+# test audio, ALSA utilities, and what building a wheel needs; systemd (for
+# `systemd-analyze verify` of the units) and shellcheck for the tests; Node.js for the
+# page's one npm dependency (MQTT.js), Chromium for the browser tests and nginx for the
+# test of the deployed page (HTTPS; the tests run their own on loopback ports).
+APT_PACKAGES := mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev libopus0 \
+	portaudio19-dev espeak-ng sox alsa-utils python3-venv python3-dev build-essential \
+	systemd shellcheck nodejs chromium nginx-light
 # The page's MQTT.js, pinned in web/package-lock.json; its browser bundle is copied
 # next to the page (never committed).
 WEB_BUNDLE := web/vendor/mqtt.esm.js
@@ -89,7 +90,7 @@ install:
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info var/dev \
-		web/node_modules web/vendor
+		web/node_modules web/vendor broker-plugin/build
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from appliance import brokerconf, ca, pki, revocation
-from appliance.protocol.topics import SERVER_USER_ID, is_user_id
+from appliance.protocol.topics import SERVER_USER_ID, is_server_account, is_user_id
 from appliance.settings import BrokerSettings
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
@@ -380,6 +380,12 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--wss-port", type=int, help="for MQTT over WebSockets with TLS (PORT+4)")
     conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
     conf.add_argument("--ca", type=Path, help="CA directory, made on first use (default DIR/tls)")
+    conf.add_argument(
+        "--plugin",
+        type=Path,
+        help="the built gochat_guard plugin (make -C broker-plugin); without it the broker"
+        " is guarded only by the server (docs/security.md)",
+    )
     return parser
 
 
@@ -545,7 +551,7 @@ def _broker_conf(args: argparse.Namespace) -> str:
         brokerconf.WSS_PORT: args.wss_port or port + 4,
     }
     tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
-    return brokerconf.private_conf(ports, args.dir, tls)
+    return brokerconf.private_conf(ports, args.dir, tls, plugin=args.plugin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -567,11 +573,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             name: str = args.name
             check_name(name)
-            if name == SERVER_USER_ID:
-                # The server account may read and write all of gochat/# (the ACL):
-                # a device must never be able to hold that name.
+            if is_server_account(name):
+                # A server account may read and write all of gochat/# (the ACL) and
+                # retain anywhere (the broker plugin): never a device's name.
                 hint = " (use add-server)" if args.command == "add-device" else ""
-                raise InvalidNameError(f"{name!r} is the server's account, for no one else{hint}")
+                raise InvalidNameError(f"{name!r} is a server's account, for no one else{hint}")
             if args.command == "remove-device":
                 remove_user(passwd, secret_dir, name)
                 print(f"removed {name} from {passwd}")

@@ -3,7 +3,8 @@
 ``make run`` and the tests run their own broker on loopback ports with the *shipped*
 ``config/mosquitto/mosquitto.conf`` and ACL, so what they exercise is what is deployed:
 :func:`render_conf` changes only the listeners' ports (and binds them to loopback),
-the file paths (TLS files included), the log destination and the user.
+the file paths (TLS files and the broker plugin included), the log destination and
+the user.
 ``gochat-admin broker-conf`` prints it.
 """
 
@@ -56,6 +57,7 @@ def render_conf(
     data_dir: Path | None,
     log_file: Path | None,
     tls: TlsFiles,
+    plugin: Path | None,
     run_as: str | None = None,
 ) -> str:
     """The shipped ``mosquitto.conf`` text, localised for a private broker.
@@ -65,8 +67,10 @@ def render_conf(
     ``cafile``/``certfile``/``keyfile``/``crlfile`` (``tls``); ``persistence_location``
     (``data_dir``; None turns persistence off); ``log_dest`` (``log_file``; None keeps
     the template's); ``user`` (``run_as``, default the current user, so that a root run
-    does not drop to ``mosquitto`` and lose access to its 0700 temp dir). ``pid_file``
-    is dropped. Every other line, limits and listener options included, is kept
+    does not drop to ``mosquitto`` and lose access to its 0700 temp dir); ``plugin``
+    (the gochat_guard plugin built from ``broker-plugin/``; None drops it and its
+    ``plugin_opt_`` lines: a broker guarded only by the server). ``pid_file`` is
+    dropped. Every other line, limits and listener options included, is kept
     verbatim. Raises ValueError for a listener ``ports`` does not map.
     """
     substitutes: dict[str, str | None] = {
@@ -76,6 +80,7 @@ def render_conf(
         "persistence": f"persistence {'true' if data_dir is not None else 'false'}",
         "persistence_location": f"persistence_location {data_dir}" if data_dir else None,
         "pid_file": None,
+        "plugin": f"plugin {plugin}" if plugin is not None else None,
     }
     if log_file is not None:
         substitutes["log_dest"] = f"log_dest file {log_file}"
@@ -86,6 +91,8 @@ def render_conf(
             out.append(_listener(line, ports))
         elif key in _TLS_KEYS:
             out.append(f"{key} {tls.path(key)}")  # per listener: never deduplicated
+        elif key.startswith("plugin_opt_") and plugin is None:
+            continue
         elif key not in substitutes:
             out.append(line)
         elif (new := substitutes[key]) is not None and new not in out:
@@ -114,8 +121,11 @@ def private_conf(
     tls: TlsFiles,
     acl: Path = SHIPPED_ACL,
     log_file: Path | None = None,
+    *,
+    plugin: Path | None = None,
 ) -> str:
-    """The configuration for a private broker keeping its files in ``workdir``."""
+    """The configuration for a private broker keeping its files in ``workdir``
+    (guarded by ``plugin`` when given, see :func:`render_conf`)."""
     workdir = workdir.resolve()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     return render_conf(
@@ -126,4 +136,5 @@ def private_conf(
         data_dir=workdir / "data",
         log_file=log_file.resolve() if log_file else None,
         tls=tls,
+        plugin=plugin.resolve() if plugin else None,
     )

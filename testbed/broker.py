@@ -13,6 +13,10 @@ signed by one CA made once per process (:func:`test_ca`). Clients use :attr:`Bro
 (TLS + password), :attr:`Broker.cert_port` (TLS + client certificate) or, where a test
 needs it, :attr:`Broker.plain_port` (the shipped plain loopback listener). Browsers use
 :attr:`Broker.ws_port` (MQTT over WebSockets, loopback) or :attr:`Broker.wss_port` (WSS).
+
+The broker plugin (``broker-plugin/``, :func:`guard_plugin`) is built on first use and
+loaded as shipped; ``Broker(guard=False)`` leaves it out, for what the server does on a
+broker without it.
 """
 
 from __future__ import annotations
@@ -56,6 +60,23 @@ SHIPPED_PORTS = (TLS_PORT, CERT_PORT, PLAIN_PORT, WS_PORT, WSS_PORT)
 # A throwaway account whose password changes with every reload: once the broker
 # accepts its newest password, it has read every change written before it.
 PROBE_USER = "zz-broker-probe"
+PLUGIN_SOURCE = REPO_ROOT / "broker-plugin"
+
+
+@functools.cache
+def guard_plugin() -> Path:
+    """The gochat_guard broker plugin, built by ``make -C broker-plugin`` on the first
+    call of a process (a no-op once built; compiling it takes about a second)."""
+    done = subprocess.run(
+        ["make", "-s", "-C", str(PLUGIN_SOURCE)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise BrokerError(
+            "cannot build the broker plugin (make venv installs mosquitto-dev):\n"
+            + done.stdout
+            + done.stderr
+        )
+    return PLUGIN_SOURCE / "build" / "gochat_guard.so"
 
 
 @functools.cache
@@ -123,6 +144,7 @@ class Broker:
         acl_file: Path = SHIPPED_ACL,
         conf_template: Path = SHIPPED_CONF,
         persistence: bool = True,
+        guard: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +157,7 @@ class Broker:
         self.acl_file = Path(acl_file)
         self.conf_template = Path(conf_template)
         self.persistence = persistence
+        self.guard = guard
         self.port = port if port is not None else 0
         self.cert_port = 0
         self.plain_port = 0
@@ -359,6 +382,15 @@ class Broker:
 
     # --- diagnostics ---------------------------------------------------------------
 
+    def rss_kib(self) -> int:
+        """The running broker's resident memory (KiB, from /proc)."""
+        if self.pid is None:
+            raise BrokerError("the broker is not running")
+        for line in Path(f"/proc/{self.pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise BrokerError(f"no VmRSS for pid {self.pid}")
+
     def log_text(self) -> str:
         """Mosquitto's log so far (useful in assertion messages)."""
         try:
@@ -379,6 +411,7 @@ class Broker:
             acl_file=self.acl_file,
             data_dir=self.data_dir if self.persistence else None,
             log_file=self.log_path,
+            plugin=guard_plugin() if self.guard else None,
         )
         self.conf_path.write_text(text, encoding="utf-8")
 

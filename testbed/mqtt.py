@@ -6,9 +6,11 @@ client is expected, and it adds blocking helpers with short bounded waits:
 
 - :meth:`~RecordingClient.subscribe_wait` -> SUBACK reason codes
 - :meth:`~RecordingClient.publish_wait` -> PUBACK reason code (QoS 1)
+- :meth:`~RecordingClient.publish_many_wait` -> PUBACK reason codes of a burst
 - :meth:`~RecordingClient.expect` -> the next message on a topic filter
 - :meth:`~RecordingClient.collect_until` -> everything up to a sentinel message,
-  which is how a test shows that something was *not* delivered without sleeping.
+  which is how a test shows that something was *not* delivered without sleeping;
+  :meth:`~RecordingClient.retained` -> what the broker holds retained, the same way.
 
 Every received message also goes to :attr:`~RecordingClient.messages`, a
 thread-safe ``queue.Queue``. Read messages through either the queue or
@@ -172,6 +174,16 @@ class RecordingClient(mqtt.Client):
             raise MqttWaitError(f"{self.user}: publish failed locally: {info.rc}")
         return self._wait_ack(info.mid, timeout, "PUBACK")[0]
 
+    def publish_many_wait(
+        self, topic: str, payloads: list[bytes], *, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[ReasonCode]:
+        """Publish every payload at QoS 1 without waiting in between (a burst), then
+        return their PUBACK reason codes in order."""
+        infos = [self.publish(topic, payload, qos=1) for payload in payloads]
+        if any(info.rc != mqtt.MQTT_ERR_SUCCESS for info in infos):
+            raise MqttWaitError(f"{self.user}: publish failed locally")
+        return [self._wait_ack(info.mid, timeout, "PUBACK")[0] for info in infos]
+
     def expect(self, topic_filter: str = "#", timeout: float = DEFAULT_TIMEOUT) -> mqtt.MQTTMessage:
         """The next received message whose topic matches ``topic_filter``.
 
@@ -236,6 +248,19 @@ class RecordingClient(mqtt.Client):
             got.append(msg)
             if is_sentinel(msg):
                 return got
+
+    def retained(
+        self, filters: list[str], timeout: float = DEFAULT_TIMEOUT
+    ) -> list[mqtt.MQTTMessage]:
+        """What the broker holds retained under ``filters`` (empty clears left out): it
+        is sent on subscribing (QoS 1, retain handling 0), ahead of a sentinel this
+        client publishes after the SUBACK on a topic of its own (it must be allowed to
+        write and read ``gochat/v1/room/zz-sentinel/audio/{user}``)."""
+        sentinel = f"gochat/v1/room/zz-sentinel/audio/{self.user}"
+        self.subscribe_wait([(f, 1) for f in [*filters, sentinel]])
+        self.publish_wait(sentinel, b"sentinel")
+        got = self.collect_until(lambda msg: msg.topic == sentinel, timeout)
+        return [msg for msg in got if msg.retain and msg.payload]
 
     def close(self) -> None:
         """Disconnect cleanly (no Will) and stop the network thread. Idempotent."""

@@ -1,7 +1,9 @@
 """Shared fixtures: a real Mosquitto per test, and connected recording clients.
 
-- ``broker``: a fresh :class:`support.Broker` (shipped config and ACL, free loopback
-  port, persistence in the test's tmp dir), stopped after the test. Function
+- ``broker``: a fresh :class:`support.Broker` (shipped config, ACL and plugin, free
+  loopback port, persistence in the test's tmp dir), stopped after the test; a test
+  marked ``unguarded`` gets it without the plugin, as a broker the server must defend
+  itself against. Function
   scoped: retained messages and sessions never leak between tests, and a start
   costs ~20 ms.
   Its listeners: TLS with passwords (``broker.port``), TLS with client certificates
@@ -36,11 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A running Mosquitto with the shipped configuration and ACL, and no users yet."""
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """A running Mosquitto with the shipped configuration, ACL and plugin, and no users
+    yet; without the plugin in a test marked ``unguarded``."""
     if shutil.which("mosquitto") is None:
         pytest.fail("mosquitto is not installed (make venv installs it)")
-    instance = Broker(tmp_path / "broker")
+    guard = request.node.get_closest_marker("unguarded") is None
+    instance = Broker(tmp_path / "broker", guard=guard)
     instance.start()
     try:
         yield instance

@@ -115,6 +115,7 @@ def test_remove_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         ["add-device", "#"],
         ["add-device", "x" * 65],
         ["add-device", "gochat-server"],
+        ["add-device", "gochat-server-2"],
         ["remove-device", "gochat-server"],
         ["add-device"],
         ["frobnicate"],

@@ -121,20 +121,12 @@ def test_a_packet_over_the_limit_disconnects_its_sender_and_is_not_delivered(
     assert [m.topic for m in got] == [f"{ROOT}/req/bob/heartbeat"]
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def test_retained_flood_of_big_messages_leaves_nothing(
     broker: Broker, mqtt_client: MqttClientFactory
 ) -> None:
     # The reproduction: one device leaves 750 retained messages of 100 KiB on its own
     # request and audio topics, as fast as it can.
-    assert broker.pid is not None
-    rss_before = _rss_kib(broker.pid)
+    rss_before = broker.rss_kib()
     mallory = mqtt_client(broker, "mallory")
     junk = b"\0" * 100 * 1024
     for i in range(750):
@@ -149,7 +141,7 @@ def test_retained_flood_of_big_messages_leaves_nothing(
     got = server.collect_until(f"{ROOT}/req/{SERVER}/sentinel")
     assert [m.topic for m in got] == [f"{ROOT}/req/{SERVER}/sentinel"]
     # And the broker holds no copy of them (the flood was 73 MiB).
-    growth_mib = (_rss_kib(broker.pid) - rss_before) / 1024
+    growth_mib = (broker.rss_kib() - rss_before) / 1024
     assert growth_mib < 4, f"broker RSS grew by {growth_mib:.1f} MiB"
 
 
@@ -163,7 +155,8 @@ def test_every_listener_caps_its_connections(broker: Broker, listener: str) -> N
 def test_memory_limit_disconnects_a_client_parking_retained_messages(
     tmp_path: Path, mqtt_client: MqttClientFactory
 ) -> None:
-    """Retained messages just under the packet limit are the residual way to fill a
+    """On a broker without the plugin (which refuses them outright: test_broker_guard),
+    retained messages just under the packet limit are the residual way to fill a
     broker; memory_limit stops it. The shipped conf with the limit scaled down to 4 MB
     so that the test publishes 4 MB rather than 256."""
     limit = shipped_limit("memory_limit")
@@ -171,7 +164,7 @@ def test_memory_limit_disconnects_a_client_parking_retained_messages(
     shipped = Path(SHIPPED_CONF).read_text(encoding="utf-8")
     template = tmp_path / "mosquitto.conf"
     template.write_text(shipped.replace(f"memory_limit {limit}", "memory_limit 4000000"))
-    with Broker(tmp_path / "broker", conf_template=template) as small:
+    with Broker(tmp_path / "broker", conf_template=template, guard=False) as small:
         mallory = mqtt_client(small, "mallory")
         junk = b"\0" * (shipped_limit("max_packet_size") - 1024)
         for i in range(200):  # 12 MB offered

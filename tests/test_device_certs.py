@@ -28,7 +28,7 @@ from appliance.device.settings import ApplianceSettings
 from appliance.mqtt import make_client
 from appliance.settings import EX_CONFIG, BrokerSettings, ConfigError
 from testbed import Broker, MqttClientFactory, free_port, probe_login
-from testbed.broker import SHIPPED_ACL
+from testbed.broker import SHIPPED_ACL, guard_plugin
 from testbed.daemons import InProcessDaemon, to_toml
 from testbed.server import RunningServer
 
@@ -91,7 +91,7 @@ def test_enroll_refuses_a_name_that_is_no_user_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert appliance_cli.main(["enroll", "--device", "gochat-server", "--dir", str(tmp_path)]) == 1
-    assert "server's account" in capsys.readouterr().err
+    assert "a server's account" in capsys.readouterr().err
     assert not (tmp_path / "device.key").exists()
 
 
@@ -284,6 +284,7 @@ def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
                 data_dir=None,
                 log_file=None,
                 tls=ca.tls_files(broker_dir),
+                plugin=guard_plugin(),
                 run_as="mosquitto",
             ),
             encoding="utf-8",

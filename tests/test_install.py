@@ -138,6 +138,7 @@ def broker_conf(installed: Path, ports: dict[int, int], log: Path) -> str:
         data_dir=Path(conf["persistence_location"]),
         log_file=log,
         tls=tls,
+        plugin=Path(conf["plugin"]),
     )
 
 
@@ -217,6 +218,9 @@ def test_the_printed_steps_install_a_working_room(tmp_path: Path, processes: Pro
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         rooms = conn.execute("SELECT room_id, host_id FROM rooms WHERE closed_at IS NULL")
         assert (status["room_id"], DEVICE) in rooms.fetchall()
+    # The installed broker runs the plugin the installer built into the tree.
+    assert (root / "opt/gochat/lib/gochat_guard.so").is_file()
+    assert "gochat_guard: retained publishes only from" in (tmp_path / "broker.log").read_text()
 
 
 @pytest.mark.parametrize(

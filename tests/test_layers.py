@@ -23,6 +23,7 @@ AUDIO = "appliance.audio"
 SETTINGS = "appliance.settings"
 SERVICE = "appliance.service"
 MQTT = "appliance.mqtt"
+PAHO_INTERNALS = "appliance.paho_internals"
 BROKERCONF = "appliance.brokerconf"
 HW_MOCKS = "appliance.hw_mocks"
 DEVICE_CORE = (
@@ -45,6 +46,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     AUDIO: (PROTOCOL,),
     HW_MOCKS: (),
     MQTT: (SETTINGS,),
+    PAHO_INTERNALS: (),
     BROKERCONF: (),
     "appliance.client": (PROTOCOL, MQTT),
     "appliance.pageserver": (),
@@ -60,8 +62,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "appliance.pki": (PROTOCOL,),
     "appliance.ca": (PROTOCOL, BROKERCONF, "appliance.pki"),
     **{core: (PROTOCOL, f"{AUDIO}.port", *DEVICE_CORE) for core in DEVICE_CORE},
-    "appliance.device": (PROTOCOL, AUDIO, SETTINGS, SERVICE, MQTT, "appliance.pki"),
-    "appliance.server": (PROTOCOL, SETTINGS, SERVICE, MQTT),
+    "appliance.device": (PROTOCOL, AUDIO, SETTINGS, SERVICE, MQTT, PAHO_INTERNALS, "appliance.pki"),
+    "appliance.server": (PROTOCOL, SETTINGS, SERVICE, MQTT, PAHO_INTERNALS),
     # entry points: the edge, where everything is put together
     "appliance.device.main": ("appliance",),
     "appliance.cli": ("appliance",),

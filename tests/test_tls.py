@@ -74,6 +74,7 @@ def test_rendering_refuses_a_listener_it_has_no_port_for() -> None:
             data_dir=None,
             log_file=None,
             tls=tls,
+            plugin=None,
         )
 
 

@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
@@ -77,6 +76,7 @@ from appliance.device.events import (
     RoomStateReceived,
 )
 from appliance.mqtt import backoff_delay, explain_error, make_client, publish_properties
+from appliance.paho_internals import RawPublish, hook_incoming_publish, queue_qos0_publish
 from appliance.protocol import topics
 from appliance.protocol.models import Request, Response, RoomState, parse_inbox
 from appliance.settings import BrokerSettings
@@ -104,76 +104,6 @@ TAG_BYTES = 8
 AUDIO_FILTER = f"{topics.ROOT}/room/+/audio/+"
 
 
-AudioSink = Callable[[bytes, bytes, bool], None]
-"""``(topic, payload, retain)`` of a QoS 0 audio frame, on the network thread."""
-
-
-class AudioFastClient(paho.Client):
-    """paho's client with a short path for QoS 0 audio frames, both ways.
-
-    paho turns every incoming PUBLISH into an ``MQTTMessage`` with an MQTT 5
-    ``Properties`` object (whose constructor builds its name tables per instance), then
-    matches the topic against every filter: about a quarter of the network thread's CPU
-    at 150 frames a second (benchmarks.footprint). A QoS 0 PUBLISH whose topic is an
-    audio topic goes straight to ``audio_sink`` here instead, its properties skipped
-    unread (frames carry none that we use). Everything else, and everything malformed,
-    takes paho's own path.
-
-    Going out, :meth:`queue_audio` packs the PUBLISH itself and queues it as paho
-    queues any packet: no message id, ``MQTTMessageInfo`` or ``on_publish`` call (with
-    another ``Properties``) per frame, since nothing waits for a QoS 0 frame. This
-    leans on paho 2's internals (``_in_packet``, ``_packet_queue``), pinned to ``<3``.
-    """
-
-    audio_sink: AudioSink | None = None
-
-    def queue_audio(self, topic: bytes, payload: bytes) -> bool:
-        """Queue a QoS 0 PUBLISH (no properties) for the network thread to write; any
-        thread. False without a connection."""
-        if self._sock is None:
-            return False
-        packet = bytearray((_PUBLISH_QOS0,))
-        self._pack_remaining_length(packet, 2 + len(topic) + 1 + len(payload))
-        packet += len(topic).to_bytes(2, "big")
-        packet += topic
-        packet.append(0)  # properties: none
-        packet += payload
-        # Queued as a raw packet (command 0): written as is, no publish bookkeeping.
-        self._packet_queue(0, packet, 0, 0)
-        return True
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        sink, header = self.audio_sink, self._in_packet["command"]
-        if sink is not None and not header & 0x06:  # QoS 0: no packet id
-            frame = _audio_publish(self._in_packet["packet"])
-            if frame is not None:
-                sink(frame[0], frame[1], bool(header & 0x01))
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._handle_publish()
-
-
-def _audio_publish(packet: bytes | bytearray) -> tuple[bytes, bytes] | None:
-    """(topic, payload) of a QoS 0 MQTT 5 PUBLISH body on an audio topic, else None."""
-    if len(packet) < 3:
-        return None
-    end = 2 + int.from_bytes(packet[:2], "big")
-    topic = bytes(packet[2:end])
-    if not topic.startswith(_ROOM_PREFIX) or _AUDIO_LEVEL not in topic or end >= len(packet):
-        return None
-    length, shift, at = 0, 0, end  # the properties' length: a variable byte integer
-    while True:
-        if at >= len(packet) or shift > 21:
-            return None
-        byte = packet[at]
-        length |= (byte & 0x7F) << shift
-        at, shift = at + 1, shift + 7
-        if not byte & 0x80:
-            break
-    start = at + length
-    return (topic, bytes(packet[start:])) if start <= len(packet) else None
-
-
-_PUBLISH_QOS0 = 0x30
 _ROOM_PREFIX = f"{topics.ROOT}/room/".encode()
 _AUDIO_LEVEL = b"/audio/"
 
@@ -342,11 +272,14 @@ class MqttSession:
 
     def publish_audio(self, room_id: str, payload: bytes) -> None:
         """Publish one audio frame (QoS 0). Thread-safe; never blocks; drops when the
-        link is down or ``room_id`` is not the room we are in."""
+        link is down or ``room_id`` is not the room we are in. Packed here and queued
+        for the network thread as is: no message id, ``MQTTMessageInfo`` or
+        ``on_publish`` call per frame, since nothing waits for a QoS 0 frame."""
         if not self._link_up or room_id != self._room:
             self.frames_dropped_out += 1
             return
-        queued = self._client.queue_audio(topics.audio(room_id, self.user_id).encode(), payload)
+        topic = topics.audio(room_id, self.user_id).encode()
+        queued = queue_qos0_publish(self._client, topic, payload)
         self._wake()
         if queued:
             self.frames_out += 1
@@ -399,10 +332,9 @@ class MqttSession:
 
     # ================================================================ network thread
 
-    def _new_client(self) -> AudioFastClient:
-        client = make_client(self._broker, self.user_id, AudioFastClient)
-        assert isinstance(client, AudioFastClient)
-        client.audio_sink = self._on_audio_frame
+    def _new_client(self) -> paho.Client:
+        client = make_client(self._broker, self.user_id)
+        hook_incoming_publish(client, self._take_audio)
         client.will_set(self._presence_topic, b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -622,6 +554,20 @@ class MqttSession:
             self._post(self._dispatch, message.topic, payload, correlation)
         except Exception:
             log.exception("on_message failed")
+
+    def _take_audio(self, raw: RawPublish) -> bool:
+        """The short path of a QoS 0 audio frame, before paho decodes it: no
+        ``MQTTMessage``, MQTT 5 ``Properties`` object (whose constructor builds its name
+        tables per instance) or topic matching, about a quarter of this thread's CPU at
+        150 frames a second (benchmarks.footprint). Frames carry no property we use.
+        Anything else, and anything malformed, is left to paho (False)."""
+        if raw.qos or not raw.topic.startswith(_ROOM_PREFIX) or _AUDIO_LEVEL not in raw.topic:
+            return False
+        payload = raw.payload()
+        if payload is None:
+            return False
+        self._on_audio_frame(raw.topic, payload, raw.retain)
+        return True
 
     def _on_audio(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         # An audio frame paho's own path delivered (QoS > 0 or an odd packet).

@@ -28,6 +28,13 @@ PRESENCE_ALL = f"{ROOT}/presence/+"
 ROOM_STATE_ALL = f"{ROOT}/room/+/state"
 
 
+def is_server_account(user_id: str) -> bool:
+    """Whether ``user_id`` names a server's broker account: ``gochat-server``, or an
+    instance's ``gochat-server-2`` ... (the broker lets these retain anywhere). Never
+    a device's name."""
+    return user_id == SERVER_USER_ID or user_id.startswith(f"{SERVER_USER_ID}-")
+
+
 def is_user_id(value: str) -> bool:
     """Whether ``value`` is a valid user id: 1-64 chars of ``[A-Za-z0-9_.-]``."""
     return USER_ID_RE.fullmatch(value) is not None

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -29,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel
 
 from appliance.mqtt import LoopDriver, make_client, publish_properties, routing_of
+from appliance.paho_internals import RawPublish, hook_incoming_publish, unacknowledged
 from appliance.protocol import models as m
 from appliance.protocol import topics
 from appliance.protocol.models import Code
@@ -107,8 +107,7 @@ class Server:
         self._client.on_publish = self._on_publish
         self._gated: Verdict | None = None  # the gate's verdict on the message at hand
         self.shed_backlog = SHED_BACKLOG
-        self._paho_handle_publish: Callable[[], MQTTErrorCode] | None = None
-        self.gate_installed = self._install_gate()
+        hook_incoming_publish(self._client, self._gate)
         self.publisher = RoomStatePublisher(self._publish_state, self._loop)
         self._replies: list[_Reply] = []
         self._pending: list[Outcome] = []
@@ -189,75 +188,37 @@ class Server:
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         self._dispatch(message)
 
-    def _install_gate(self) -> bool:
-        """Run :meth:`_gate` on every incoming PUBLISH before paho decodes it.
-
-        This hooks paho's private ``_handle_publish`` (paho-mqtt 2.x, pinned). Without
-        it the server still works, limits and all, at the full cost per message.
-        """
-        client = self._client
-        if not all(
-            hasattr(client, a)
-            for a in ("_handle_publish", "_send_puback", "_in_packet", "_out_messages")
-        ):
-            log.warning("paho has no _handle_publish: flooded requests are decoded, then dropped")
-            return False
-        self._paho_handle_publish = client._handle_publish
-        client._handle_publish = self._gated_publish  # type: ignore[method-assign]
-        return True
-
-    def _gated_publish(self) -> MQTTErrorCode:
-        """paho's ``_handle_publish``, behind :meth:`_gate`: a DROP skips decoding and
-        the callback (a QoS 1 message is still acknowledged); any other verdict is
-        handed to :meth:`_handle_request` through ``_gated``."""
-        assert self._paho_handle_publish is not None
-        packet = self._client._in_packet
-        header, body = packet["command"], packet["packet"]
-        verdict = self._gate(header, body)
-        if verdict is Verdict.DROP:
-            if (header & 0x06) >> 1 == 0:
-                return paho.MQTT_ERR_SUCCESS
-            length = int.from_bytes(body[:2], "big")
-            mid = int.from_bytes(body[2 + length : 4 + length], "big")
-            return self._client._send_puback(mid)
-        self._gated = verdict
-        try:
-            return self._paho_handle_publish()
-        finally:
-            self._gated = None
-
-    def _gate(self, header: int, packet: bytes | bytearray) -> Verdict | None:
+    def _gate(self, raw: RawPublish) -> bool:
         """The rate limit of a raw PUBLISH, before paho decodes it (docs/protocol.md
-        3.7). Decoding the MQTT 5 properties is most of what a message costs the
-        server, so a flood past the limit is dropped from its topic bytes alone and
-        cannot crowd out other users' requests. None: not a request. Retained ones
-        count too: one that passes goes to the janitor, one dropped here stays retained
-        until the next sweep (never acted on meanwhile).
+        3.7); True: dropped here (a QoS 1 one is still acknowledged). Decoding the MQTT
+        5 properties is most of what a message costs the server, so a flood past the
+        limit is dropped from its topic bytes alone and cannot crowd out other users'
+        requests. Any other verdict goes to :meth:`_handle_request` through
+        ``_gated``. Not a request: left alone. Retained ones count too: one that passes
+        goes to the janitor, one dropped here stays retained until the next sweep
+        (never acted on meanwhile).
         """
-        length = int.from_bytes(packet[:2], "big")
-        topic = packet[2 : 2 + length]
+        self._gated = None  # a verdict is about one message: the one at hand
+        topic = raw.topic
         if not topic.startswith(_REQUEST_PREFIX):
-            return None
-        user_id = bytes(topic[len(_REQUEST_PREFIX) :]).split(b"/", 1)[0]
+            return False
+        user_id = topic[len(_REQUEST_PREFIX) :].split(b"/", 1)[0]
         try:
             owner = user_id.decode("ascii")
         except UnicodeDecodeError:
-            return None
+            return False
         if not topics.is_user_id(owner):
-            return None
+            return False
         self.counters["requests"] += 1
-        if self._backlog() >= self.shed_backlog:
+        if unacknowledged(self._client) >= self.shed_backlog:
             self.counters["dropped_overload"] += 1  # unread and uncommitted: it is retried
-            return Verdict.DROP
+            return True
         verdict = self.limiter.check(owner, self.clock())
         if verdict is Verdict.DROP:
             self.counters["dropped_rate_limited"] += 1
-        return verdict
-
-    def _backlog(self) -> int:
-        """Messages handed to paho and not yet acknowledged by the broker (paho 2.x's
-        outgoing table, the same pinned internals as the gate itself)."""
-        return len(self._client._out_messages)
+            return True
+        self._gated = verdict
+        return False
 
     def _connected(self) -> None:
         log.info("connected to the broker")
@@ -344,7 +305,7 @@ class Server:
             return
         now = self.clock()
         verdict, self._gated = self._gated, None
-        if verdict is None:  # not seen by the gate (paho without it)
+        if verdict is None:  # not seen by the gate (a packet it could not read)
             self.counters["requests"] += 1
             verdict = self.limiter.check(user_id, now)
         if verdict is Verdict.DROP:

@@ -33,7 +33,7 @@ from appliance.device.events import (
     ResponseReceived,
     RoomStateReceived,
 )
-from appliance.device.session import MqttSession, _audio_publish
+from appliance.device.session import MqttSession
 from appliance.mqtt import backoff_delay, publish_properties
 from appliance.protocol import topics
 from appliance.protocol.models import InviteExpired, SetUserInfoRequest, dump
@@ -240,6 +240,7 @@ def test_audio_frames_go_to_the_port_on_the_network_thread(
     assert stats["audio_frames_dropped_out"] == 1
 
 
+@pytest.mark.unguarded  # a burst far past the broker plugin's rates, which would refuse it
 def test_frames_and_requests_from_two_threads_arrive_whole_and_in_order(
     broker: Broker, mqtt_client: MqttClientFactory, rigs: Callable[..., SessionRig]
 ) -> None:
@@ -363,26 +364,6 @@ def test_audio_frames_with_properties_or_qos_1_arrive_whole(
     got = [rig.frames.get(timeout=5)[1:3] for _ in range(2)]
     assert got == [("bob", b"with properties"), ("bob", b"at qos 1")]
     assert rig.call(rig.session.stats)["audio_frames_in"] == 2
-
-
-def _publish_body(topic: bytes, properties: bytes, payload: bytes) -> bytes:
-    return len(topic).to_bytes(2, "big") + topic + properties + payload
-
-
-def test_the_audio_short_path_takes_only_whole_audio_publishes() -> None:
-    audio = topics.audio("r-1", "bob").encode()
-    assert _audio_publish(_publish_body(audio, b"\x00", b"frame")) == (audio, b"frame")
-    long_props = b"\x80\x01" + bytes(128)  # a 128-byte properties block, skipped unread
-    assert _audio_publish(_publish_body(audio, long_props, b"f")) == (audio, b"f")
-    assert _audio_publish(_publish_body(audio, b"\x00", b"")) == (audio, b"")
-    # Anything else is left to paho: other topics, a cut properties length, properties
-    # longer than the packet, a topic longer than the packet, a runaway length.
-    assert _audio_publish(_publish_body(topics.inbox("bob").encode(), b"\x00", b"x")) is None
-    assert _audio_publish(_publish_body(audio, b"\x80", b"")) is None
-    assert _audio_publish(_publish_body(audio, b"\x05", b"abc")) is None
-    assert _audio_publish(b"\x00\xff" + audio) is None
-    assert _audio_publish(_publish_body(audio, b"\xff\xff\xff\xff\x01", b"x")) is None
-    assert _audio_publish(b"\x00") is None
 
 
 def test_a_retained_audio_frame_is_never_played(

@@ -1,6 +1,10 @@
 """Retained messages never act: a retained request is never executed (not even after a
 server restart), and the server's janitor clears what is retained on request and
-audio topics (docs/protocol.md 3.1)."""
+audio topics (docs/protocol.md 3.1).
+
+On a broker without the plugin, which would refuse these messages before the server
+sees them (tests/test_broker_guard.py): this is the second line.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import queue
 import time
 from pathlib import Path
 
-from paho.mqtt.subscribeoptions import SubscribeOptions
+import pytest
 
 from appliance.client import GoChatClient
 from appliance.mqtt import routing_of
@@ -17,6 +21,8 @@ from appliance.protocol import topics
 from appliance.protocol.topics import SERVER_USER_ID
 from testbed import Broker, connect_client
 from testbed.server import RunningServer, connect
+
+pytestmark = pytest.mark.unguarded
 
 
 def _answers(client: GoChatClient, correlation: bytes, wait_s: float) -> list[int]:
@@ -34,16 +40,10 @@ def _answers(client: GoChatClient, correlation: bytes, wait_s: float) -> list[in
 
 
 def _retained(broker: Broker, filters: list[str], user: str = SERVER_USER_ID) -> list[str]:
-    """Topics under ``filters`` that hold a retained message (asked with retain
-    handling 0, as ``user``), up to a sentinel published after the subscription."""
+    """Topics under ``filters`` that hold a retained message (asked as ``user``)."""
     watcher = connect_client(broker, user, client_id=f"{user}-watch")
     try:
-        sentinel = topics.audio("zz-sentinel", user)
-        wanted = [*filters, sentinel]
-        watcher.subscribe_wait([(f, SubscribeOptions(qos=1)) for f in wanted])  # type: ignore[misc]
-        watcher.publish_wait(sentinel, b"sentinel")
-        got = watcher.collect_until(lambda msg: msg.topic == sentinel)
-        return [msg.topic for msg in got if msg.retain and msg.payload]
+        return [msg.topic for msg in watcher.retained(filters)]
     finally:
         watcher.close()
 
