@@ -68,7 +68,7 @@ class HowlTuning:
     grow_db: float = 6.0
     """... growing by this much meanwhile (feedback builds up; a test tone does not), ...
     """
-    loud_dbfs: float = -10.0
+    loud_dbfs: float = -6.0
     """... or ringing louder than this (a loop at its limit; no voice is a pure tone so
     loud)."""
     cut_db: float = -30.0

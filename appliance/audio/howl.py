@@ -60,6 +60,7 @@ class HowlGuard:
         self._run = 0  # tonal blocks in a row
         self._powers: deque[float] = deque(maxlen=self._hold_blocks)  # the tone's power
         self._grow_ratio = 10 ** (tuning.grow_db / 10)
+        self._step_ratio = 10 ** (tuning.grow_db / 4 / 10)  # each third grows a quarter of it
         self._loud_power = _FULL_SCALE_SQ * 10 ** (tuning.loud_dbfs / 10)
         self._gone = 0  # blocks since a tone was last seen while cutting
         self.gain_db = 0.0
@@ -70,9 +71,14 @@ class HowlGuard:
         """Whether a howl is being cut (or the cut is still being lifted)."""
         return self.gain_db < 0.0
 
-    def process(self, pcm: Int16Array) -> None:
-        """Look at one outgoing block and, while it howls, cut it (in place)."""
-        tone = self._tone(pcm)
+    def process(self, pcm: Int16Array, heard: Int16Array | None = None) -> None:
+        """Look at one outgoing block and, while it howls, cut it (in place).
+
+        ``heard``: the same block as the room gave it, before any gain of ours (default:
+        ``pcm``). A loop builds up in the room, so that is where the guard listens: a
+        gain stage lifting a steady tone at its first speech is no build-up.
+        """
+        tone = self._tone(pcm if heard is None else heard)
         self._follow(tone)
         before = self.gain_db
         self._steer(tone is not None)
@@ -105,18 +111,24 @@ class HowlGuard:
 
     @property
     def _howling(self) -> bool:
-        """Tonal long enough, and either building up (the last third of the hold louder
-        than the first, by medians: an onset's quiet first block is no build-up) or
-        already ringing at a level no voice holds as a pure tone."""
+        """Tonal long enough, and either building up or already ringing at a level no
+        voice holds as a pure tone. Building up means each third of the hold louder than
+        the one before (by medians) and the last by :attr:`HowlTuning.grow_db` over the
+        first: a loop grows round trip after round trip, while a level that steps up
+        once (the echo canceller letting a near talker through, a gain starting) is
+        flat in two of the thirds."""
         if self._run < self._hold_blocks:
             return False
-        powers = sorted(self._powers)
-        if powers[len(powers) // 2] >= self._loud_power:
+        powers = list(self._powers)
+        if sorted(powers)[len(powers) // 2] >= self._loud_power:
             return True
         third = max(1, self._hold_blocks // 3)
-        recent = list(self._powers)
-        early, late = sorted(recent[:third]), sorted(recent[-third:])
-        return late[third // 2] >= early[third // 2] * self._grow_ratio
+        early, middle, late = (
+            sorted(part)[len(part) // 2]
+            for part in (powers[:third], powers[third:-third], powers[-third:])
+        )
+        step = self._step_ratio
+        return middle >= early * step and late >= middle * step and late >= early * self._grow_ratio
 
     def _steer(self, tonal: bool) -> None:
         """Cut at a howl's onset; lift the cut once the tone is gone."""
