@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from appliance import admin, brokerconf, ca, pki
+from appliance.deploy import accounts, admin, brokerconf, ca, pki
+from appliance.deploy.files import broker_group
 from appliance.device import main as appliance_cli
 from appliance.device.settings import ApplianceSettings
 from appliance.mqtt import make_client
@@ -176,7 +177,7 @@ def test_revoke_cuts_the_open_session_and_logs_the_device_out(
         assert status == 0
         server.wait_until(lambda s: "pi-a" not in s.sessions)
         daemon.wait_status(lambda s: s["connection"] != "online")
-        assert "pi-a" not in admin.users(broker.passwd_path)  # no password left behind
+        assert "pi-a" not in accounts.users(broker.passwd_path)  # no password left behind
         # It tries again 0.5-1 s later, with its revoked certificate: refused.
         deadline = time.monotonic() + 5
         while "certificate verify failed" not in broker.log_text():
@@ -220,7 +221,7 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
     key = broker_dir / "server.key"
     for name in ("ca.crt", "server.crt", "crl.pem"):
         assert stat.S_IMODE((broker_dir / name).stat().st_mode) == 0o644
-    if ca.broker_group() is not None:  # root, and the mosquitto group exists
+    if broker_group() is not None:  # root, and the mosquitto group exists
         assert stat.S_IMODE(key.stat().st_mode) == 0o640
         assert grp.getgrgid(key.stat().st_gid).gr_name == "mosquitto"
     else:
@@ -253,7 +254,7 @@ def test_crl_renew_keeps_the_revoked_and_moves_next_update(broker: Broker) -> No
     assert after.last_update_utc >= before.last_update_utc
 
 
-@pytest.mark.skipif(ca.broker_group() is None, reason="needs root and a mosquitto group")
+@pytest.mark.skipif(broker_group() is None, reason="needs root and a mosquitto group")
 def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
     """What an operator gets: ``ca-init`` and ``add-device`` as root into the broker's
     directory, the shipped conf with ``user mosquitto``: the broker, having dropped
@@ -270,7 +271,7 @@ def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
         acl.chmod(0o640)
         shutil.chown(acl, group="mosquitto")
         passwd, secrets_dir = broker_dir / "passwd", root / "secrets"
-        admin.add_user(passwd, secrets_dir, "pi-pw")
+        accounts.add_user(passwd, secrets_dir, "pi-pw", broker_group=broker_group())
         ports = {brokerconf.TLS_PORT: free_port(), brokerconf.CERT_PORT: free_port()}
         ports[brokerconf.PLAIN_PORT] = free_port()
         conf = root / "mosquitto.conf"

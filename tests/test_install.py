@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import admin, brokerconf
+from appliance.deploy import admin, brokerconf
 from testbed.broker import free_port
 from testbed.daemons import free_udp_port
 

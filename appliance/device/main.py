@@ -152,12 +152,12 @@ def _audio_command(args: argparse.Namespace) -> int:
 
 
 def _enroll(name: str, directory: Path) -> int:
+    from appliance.deploy.files import DeployError
     from appliance.device.enroll import CERT_NAME, enroll
-    from appliance.pki import PkiError
 
     try:
         csr = enroll(name, directory)
-    except (PkiError, OSError) as exc:
+    except (DeployError, OSError) as exc:  # a bad name (PkiError is one), or the files
         print(f"{PROG}: enroll: {exc}", file=sys.stderr)
         return 1
     print(f"key: {directory / 'device.key'} (stays on this device)")

@@ -21,8 +21,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
-from appliance import pki
 from appliance.audio.config import AudioConfig
+from appliance.deploy import pki
 from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
 from appliance.settings import BrokerSettings, FileSettings, Section
 

@@ -11,21 +11,19 @@ One directory holds everything (docs/security.md)::
 
 :func:`init_ca` is idempotent: an existing CA is kept (re-running never invalidates
 the certificates already issued); the broker's certificate is re-issued only when asked
-for other hosts. :mod:`appliance.pki` does the cryptography.
+for other hosts. :mod:`appliance.deploy.pki` does the cryptography.
 """
 
 from __future__ import annotations
 
-import grp
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from appliance import pki
-from appliance.brokerconf import TlsFiles
+from appliance.deploy import pki
+from appliance.deploy.brokerconf import TlsFiles
 from appliance.protocol.topics import is_user_id
 
 CA_KEY = "ca.key"
@@ -34,7 +32,6 @@ SERVER_KEY = "server.key"
 SERVER_CERT = "server.crt"
 CRL = "crl.pem"
 ISSUED = "issued"
-BROKER_GROUP = "mosquitto"
 
 
 def tls_files(directory: Path) -> TlsFiles:
@@ -47,25 +44,14 @@ def tls_files(directory: Path) -> TlsFiles:
     )
 
 
-def broker_group() -> str | None:
-    """``mosquitto`` when we are root and that group exists: the broker, dropping root,
-    must read its key (0640). None otherwise (a developer's own broker runs as them)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        grp.getgrnam(BROKER_GROUP)
-    except KeyError:
-        return None
-    return BROKER_GROUP
-
-
 def init_ca(
     directory: Path, hosts: Sequence[str] = pki.DEFAULT_HOSTS, *, group: str | None = None
 ) -> TlsFiles:
     """Create what is missing of the CA, the broker's key and certificate and the CRL.
 
     A broker certificate that does not name exactly ``hosts`` is re-issued (same key).
-    ``group``: the broker key's group (see :func:`broker_group`).
+    ``group``: the broker key's group
+    (:func:`appliance.deploy.files.broker_group`).
     """
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)  # the CA's key lives here
@@ -121,7 +107,7 @@ def sign_device(
 def revoke_device(directory: Path, name: str, *, group: str | None = None) -> int:
     """Add every certificate issued to ``name`` to the CRL; return how many.
 
-    Raises :class:`~appliance.pki.PkiError` if the CA never issued one to ``name``.
+    Raises :class:`~appliance.deploy.pki.PkiError` if the CA never issued one to ``name``.
     """
     if not is_user_id(name):
         raise pki.PkiError(f"invalid device name {name!r}")

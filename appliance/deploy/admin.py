@@ -1,0 +1,319 @@
+"""``gochat-admin``: broker accounts (``add-device | add-server | remove-device``,
+:mod:`appliance.deploy.accounts`), the deployment's certificates (``ca-init |
+sign-device | crl-renew | revoke``, :mod:`appliance.deploy.ca` and
+:mod:`appliance.deploy.revocation`; docs/security.md), and ``broker-conf``, a private
+broker's configuration for development (:mod:`appliance.deploy.brokerconf`).
+
+Prints the paths it wrote, never a password; errors are one line on stderr. What the
+broker must read is made readable by it (:func:`appliance.deploy.files.broker_group`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from appliance.deploy import brokerconf, ca, pki, revocation
+from appliance.deploy.accounts import InvalidNameError, add_user, check_name, remove_user
+from appliance.deploy.files import DeployError, broker_group
+from appliance.protocol.topics import SERVER_USER_ID
+from appliance.settings import BrokerSettings
+
+DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
+DEFAULT_SECRET_DIR = Path("/etc/gochat/credentials")
+DEFAULT_CA_DIR = Path("/etc/gochat/ca")
+DEFAULT_BROKER_DIR = Path("/etc/mosquitto/gochat")
+DEFAULT_PID_FILE = Path("/run/mosquitto/mosquitto.pid")
+RELOAD_SETTLE_S = 0.3  # SIGHUP is asynchronous; the cut's login also retries
+
+EX_USAGE = 2
+EX_FAILURE = 1
+
+
+# --- command line ------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gochat-admin",
+        description="Manage GoChat broker accounts and the deployment's certificates.",
+        epilog="After a change, reload the broker: systemctl reload mosquitto.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def files(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--passwd-file",
+            type=Path,
+            metavar="PATH",
+            default=DEFAULT_PASSWD_FILE,
+            help=f"Mosquitto password file (default {DEFAULT_PASSWD_FILE})",
+        )
+        p.add_argument(
+            "--secret-dir",
+            type=Path,
+            metavar="DIR",
+            default=DEFAULT_SECRET_DIR,
+            help=f"where NAME.password files go (default {DEFAULT_SECRET_DIR})",
+        )
+
+    def reader(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--group",
+            metavar="GROUP",
+            help="the service reading the password runs in GROUP (e.g. gochat): the file"
+            " is made 0640 and its folder 0750, that group's (default: 0600, 0700)",
+        )
+
+    # Subparsers are built with the parser's own class, so they are one-line too.
+    add_device = sub.add_parser("add-device", help="create or re-key a device account")
+    add_device.add_argument("name", metavar="NAME", help="the device's user id")
+    files(add_device)
+    reader(add_device)
+    add_server = sub.add_parser("add-server", help=f"create or re-key the {SERVER_USER_ID} account")
+    files(add_server)
+    reader(add_server)
+    remove_device = sub.add_parser("remove-device", help="delete a device account")
+    remove_device.add_argument("name", metavar="NAME", help="the device's user id")
+    files(remove_device)
+    _tls_commands(sub, files)
+    conf = sub.add_parser(
+        "broker-conf", help="print the shipped mosquitto.conf for a private loopback broker"
+    )
+    conf.add_argument(
+        "--port", type=int, required=True, help="loopback port for TLS with passwords"
+    )
+    conf.add_argument("--cert-port", type=int, help="for TLS with client certificates (PORT+1)")
+    conf.add_argument("--plain-port", type=int, help="for plain MQTT (PORT+2)")
+    conf.add_argument("--dir", type=Path, required=True, help="for its passwd file and data")
+    conf.add_argument("--ca", type=Path, help="CA directory, made on first use (default DIR/tls)")
+    return parser
+
+
+def _tls_commands(
+    sub: argparse._SubParsersAction[_Parser],
+    files: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    def ca_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--ca",
+            type=Path,
+            metavar="DIR",
+            default=DEFAULT_CA_DIR,
+            help=f"the CA directory (default {DEFAULT_CA_DIR})",
+        )
+
+    init = sub.add_parser("ca-init", help="create the CA, the broker's certificate and the CRL")
+    ca_dir(init)
+    init.add_argument(
+        "--hosts",
+        default=",".join(pki.DEFAULT_HOSTS),
+        help="comma-separated names and addresses clients dial (127.0.0.1 and"
+        " localhost are always added)",
+    )
+    init.add_argument(
+        "--broker-dir",
+        default=str(DEFAULT_BROKER_DIR),
+        help=f"install the broker's files here (default {DEFAULT_BROKER_DIR}; '' skips)",
+    )
+    sign = sub.add_parser("sign-device", help="sign a device's certificate request")
+    sign.add_argument("request", type=Path, metavar="REQUEST", help="the device.csr file")
+    ca_dir(sign)
+    sign.add_argument("--out", type=Path, help="certificate file (default: REQUEST as .crt)")
+    renew = sub.add_parser("crl-renew", help="re-issue the CRL before it expires")
+    ca_dir(renew)
+    renew.add_argument(
+        "--broker-dir",
+        default=str(DEFAULT_BROKER_DIR),
+        help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
+    )
+    revoke = sub.add_parser(
+        "revoke", help="revoke a device's certificates, reload the broker, cut its session"
+    )
+    revoke.add_argument("name", metavar="NAME", help="the device's user id")
+    ca_dir(revoke)
+    revoke.add_argument(
+        "--broker-dir",
+        default=str(DEFAULT_BROKER_DIR),
+        help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
+    )
+    revoke.add_argument(
+        "--pid-file", type=Path, default=DEFAULT_PID_FILE, help="the broker's (SIGHUP to reload)"
+    )
+    revoke.add_argument("--host", default=brokerconf.LOOPBACK, help="broker host for the cut")
+    revoke.add_argument(
+        "--port", type=int, default=brokerconf.TLS_PORT, help="its TLS password port"
+    )
+    revoke.add_argument(
+        "--no-cut", action="store_true", help="do not disconnect and log out the device now"
+    )
+    files(revoke)
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    hosts = [h.strip() for h in str(args.hosts).split(",") if h.strip()]
+    # Same-host clients (the server, revoke's cut) dial the loopback: always valid there.
+    hosts += [h for h in pki.DEFAULT_HOSTS if h not in hosts]
+    tls = ca.init_ca(args.ca, hosts, group=broker_group())
+    print(f"CA: {args.ca / ca.CA_CERT} (its key {args.ca / ca.CA_KEY}: keep it private)")
+    if args.broker_dir:
+        target = Path(args.broker_dir)
+        for path in ca.install_broker_files(tls, target, group=broker_group()):
+            print(f"broker file: {path}")
+    return 0
+
+
+def _sign_device(args: argparse.Namespace) -> int:
+    request: Path = args.request
+    name, cert = ca.sign_device(args.ca, pki.load_csr(request))
+    out: Path = args.out or request.with_suffix(".crt")
+    pki.save_pem(out, cert)
+    print(f"certificate for {name}: {out}")
+    print(f"copy it and {args.ca / ca.CA_CERT} to the device's /etc/gochat/tls/")
+    print("(as device.crt and ca.crt), then: systemctl restart gochat-appliance")
+    return 0
+
+
+def _crl_renew(args: argparse.Namespace) -> int:
+    group = broker_group()
+    crl = ca.renew_crl(args.ca, group=group)
+    if args.broker_dir and Path(args.broker_dir).is_dir():
+        crl = ca.install_crl(args.ca, Path(args.broker_dir), group=group)
+    print(f"renewed {crl}: reload the broker (systemctl reload mosquitto)")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    name = check_name(args.name)
+    group = broker_group()
+    ca.revoke_device(args.ca, name, group=group)
+    crl = args.ca / ca.CRL
+    if args.broker_dir and Path(args.broker_dir).is_dir():
+        crl = ca.install_crl(args.ca, Path(args.broker_dir), group=group)
+    print(f"revoked {name}: {crl}")
+    if not _reload_broker(args.pid_file):
+        print("reload the broker now: systemctl reload mosquitto", file=sys.stderr)
+        print(f"then cut {name}'s open session: gochat-admin revoke {name} again", file=sys.stderr)
+        return EX_FAILURE
+    if args.no_cut:
+        print(f"{name} stays connected until it disconnects or the broker restarts")
+        return 0
+    _cut(args, name)
+    print(f"disconnected {name} and logged it out of the server")
+    return 0
+
+
+def _cut(args: argparse.Namespace, name: str) -> None:
+    """A temporary password account as ``name`` for the session takeover (see
+    :mod:`appliance.deploy.revocation`); any password account of ``name`` is gone after."""
+    secret = add_user(args.passwd_file, args.secret_dir, name, broker_group=broker_group())
+    try:
+        _reload_broker(args.pid_file)
+        broker = BrokerSettings(
+            host=args.host, port=args.port, tls_ca_file=args.ca / ca.CA_CERT, password_file=secret
+        )
+        revocation.take_over_and_log_out(broker, name)
+    finally:
+        remove_user(args.passwd_file, args.secret_dir, name, broker_group=broker_group())
+        _reload_broker(args.pid_file)
+
+
+def _reload_broker(pid_file: Path) -> bool:
+    """SIGHUP the broker (it re-reads passwords, ACL and CRL); False if we cannot."""
+    try:
+        pid = int(pid_file.read_text(encoding="ascii").split()[0])
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError, IndexError):
+        return False
+    time.sleep(RELOAD_SETTLE_S)
+    return True
+
+
+def _tls_command(args: argparse.Namespace) -> int:
+    """``broker-conf`` and the CA's commands; errors are one line, exit status 1."""
+    try:
+        if args.command == "broker-conf":
+            sys.stdout.write(_broker_conf(args))
+            return 0
+        return _TLS_COMMANDS[args.command](args)
+    except (DeployError, revocation.CutError, OSError, ValueError) as exc:
+        print(f"gochat-admin: {args.command}: {exc}", file=sys.stderr)
+        return EX_FAILURE
+
+
+def _broker_conf(args: argparse.Namespace) -> str:
+    """A private broker's configuration; its CA and certificate are made if missing."""
+    port: int = args.port
+    ports = {
+        brokerconf.TLS_PORT: port,
+        brokerconf.CERT_PORT: args.cert_port or port + 1,
+        brokerconf.PLAIN_PORT: args.plain_port or port + 2,
+    }
+    tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
+    return brokerconf.private_conf(ports, args.dir, tls)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``gochat-admin``; return the exit status (0 ok, 1 failed, 2 bad usage).
+
+    Prints the paths it wrote, never a password. Errors are one line on stderr.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
+    if args.command in _TLS_COMMANDS:
+        return _tls_command(args)
+    passwd: Path = args.passwd_file
+    secret_dir: Path = args.secret_dir
+    group = broker_group()
+    try:
+        if args.command == "add-server":
+            secret = add_user(
+                passwd, secret_dir, SERVER_USER_ID, broker_group=group, reader_group=args.group
+            )
+        else:
+            name: str = args.name
+            check_name(name)
+            if name == SERVER_USER_ID:
+                # The server account may read and write all of gochat/# (the ACL):
+                # a device must never be able to hold that name.
+                hint = " (use add-server)" if args.command == "add-device" else ""
+                raise InvalidNameError(f"{name!r} is the server's account, not a device{hint}")
+            if args.command == "remove-device":
+                remove_user(passwd, secret_dir, name, broker_group=group)
+                print(f"removed {name} from {passwd}")
+                return 0
+            secret = add_user(passwd, secret_dir, name, broker_group=group, reader_group=args.group)
+    except DeployError as exc:
+        print(f"gochat-admin: {exc}", file=sys.stderr)
+        return EX_USAGE if isinstance(exc, InvalidNameError) else EX_FAILURE
+    print(f"passwd file: {passwd}")
+    print(f"secret file: {secret}")
+    return 0
+
+
+_TLS_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "broker-conf": lambda args: 0,  # dispatched by _tls_command itself
+    "ca-init": _ca_init,
+    "sign-device": _sign_device,
+    "revoke": _revoke,
+    "crl-renew": _crl_renew,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
