@@ -52,6 +52,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # revocation cut speaks MQTT as the device
     DEPLOY: (PROTOCOL, SETTINGS, MQTT),
     **{core: (PROTOCOL, f"{AUDIO}.port", *DEVICE_CORE) for core in DEVICE_CORE},
+    # tools on the daemon's CoAP API: they share its vocabulary, not its code
+    "appliance.tools": (PROTOCOL, "appliance.device.effects", "appliance.device.events"),
     # the daemon makes its own key and certificate request with the deployment's PKI
     "appliance.device": (PROTOCOL, AUDIO, SETTINGS, SERVICE, MQTT, *DEVICE_PKI),
     "appliance.server": (PROTOCOL, SETTINGS, SERVICE, MQTT),

@@ -97,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "status":
-        from appliance.device.console import status_command
+        from appliance.tools.console import status_command
 
         return status_command(
             args.host, args.port, wait_in_room=args.wait_in_room, timeout_s=args.timeout
         )
     if args.command == "console":
-        from appliance.device.console import run_console
+        from appliance.tools.console import run_console
 
         return run_console(args.host, args.ports)
     if args.command == "enroll":

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from appliance.device.console import (
+from appliance.protocol.models import printable
+from appliance.tools.console import (
     FLASH_S,
     HELP_LINE,
     LEGEND,
@@ -34,7 +35,6 @@ from appliance.device.console import (
     render_device,
     room_members,
 )
-from appliance.protocol.models import printable
 
 
 def status(**changes: Any) -> dict[str, Any]:

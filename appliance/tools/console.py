@@ -26,11 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from appliance.device.coap_client import CoapClient, Reply
-from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName
+from appliance.device.effects import (
+    BLINK_TIMES,
+    LED_NAMES,
+    REFUSAL_FLASH_S,
+    REFUSAL_FLASHES,
+    LedName,
+)
 from appliance.device.events import ButtonName, HostActionName, PressKind
-from appliance.device.panel import DEFAULT_FLASH_S, FLASHES
 from appliance.protocol.models import printable
+from appliance.tools.coap_client import CoapClient, Reply
 
 FRAME_S = 0.04
 """Redraw period: 25 frames/s, fine enough for the 5 Hz fast blink."""
@@ -50,7 +55,7 @@ COLUMN_WIDTH = 40
 """Widest a device's column gets."""
 MIN_COLUMN_WIDTH = 26
 """Narrowest: three devices side by side on an 80-column terminal."""
-FLASH_S = 2 * FLASHES * DEFAULT_FLASH_S
+FLASH_S = 2 * REFUSAL_FLASHES * REFUSAL_FLASH_S
 """A refusal flash on screen lasts as long as on the box (0.6 s)."""
 
 Style = Literal[
@@ -229,7 +234,7 @@ def flash_lit(flash_at: float | None, now: float) -> bool | None:
     """During a refusal flash, whether the status LED is lit; None outside one."""
     if flash_at is None or not 0.0 <= now - flash_at < FLASH_S:
         return None
-    return (now - flash_at) % (2 * DEFAULT_FLASH_S) < DEFAULT_FLASH_S
+    return (now - flash_at) % (2 * REFUSAL_FLASH_S) < REFUSAL_FLASH_S
 
 
 MATCH_S = 1.0
