@@ -96,6 +96,29 @@ def test_enroll_refuses_a_name_that_is_no_user_id(
     assert not (tmp_path / "device.key").exists()
 
 
+def test_sign_device_says_what_is_left_to_do_where_it_signed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir, tls = tmp_path / "ca", tmp_path / "root/etc/gochat/tls"
+    assert admin.main(["ca-init", "--ca", str(ca_dir), "--broker-dir", ""]) == 0
+    assert appliance_cli.main(["enroll", "--device", "pi-a", "--dir", str(tls)]) == 0
+    capsys.readouterr()
+    # Signed in place, beside the device's key (a --root trial, a Pi holding its CA):
+    # only the CA's certificate is missing, and it is named where it is.
+    sign = ["sign-device", str(tls / "device.csr"), "--ca", str(ca_dir)]
+    assert admin.main([*sign, "--out", str(tls / "device.crt")]) == 0
+    out = capsys.readouterr().out
+    assert f"install -m 0644 {ca_dir}/ca.crt {tls}/ca.crt" in out, out
+    assert "/etc/gochat/tls/" not in out.replace(str(tls), "") and "systemctl" not in out
+    shutil.copy(ca_dir / "ca.crt", tls / "ca.crt")
+    assert admin.main([*sign, "--out", str(tls / "device.crt")]) == 0
+    assert "it is in place" in capsys.readouterr().out
+    # Signed at the CA, away from the device: the certificate travels to the Pi.
+    assert admin.main([*sign, "--out", str(tmp_path / "pi-a.crt")]) == 0
+    out = capsys.readouterr().out
+    assert "/etc/gochat/tls/" in out and "systemctl restart gochat-appliance" in out
+
+
 def test_a_signed_device_gets_in_as_its_cn(broker: Broker, tmp_path: Path) -> None:
     directory = _enrol(broker, tmp_path, "pi-a")
     assert pki.device_name_of(pki.load_certificate(directory / "device.crt")) == "pi-a"

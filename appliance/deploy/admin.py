@@ -31,6 +31,7 @@ DEFAULT_CA_DIR = Path("/etc/gochat/ca")
 DEFAULT_BROKER_DIR = Path("/etc/mosquitto/gochat")
 DEFAULT_PID_FILE = Path("/run/mosquitto/mosquitto.pid")
 RELOAD_SETTLE_S = 0.3  # SIGHUP is asynchronous; the cut's login also retries
+DEVICE_KEY = "device.key"  # beside its request, where `gochat-appliance enroll` made it
 
 EX_USAGE = 2
 EX_FAILURE = 1
@@ -182,9 +183,22 @@ def _sign_device(args: argparse.Namespace) -> int:
     out: Path = args.out or request.with_suffix(".crt")
     pki.save_pem(out, cert)
     print(f"certificate for {name}: {out}")
-    print(f"copy it and {args.ca / ca.CA_CERT} to the device's /etc/gochat/tls/")
-    print("(as device.crt and ca.crt), then: systemctl restart gochat-appliance")
+    for line in _after_signing(out, args.ca / ca.CA_CERT):
+        print(line)
     return 0
+
+
+def _after_signing(cert: Path, ca_cert: Path) -> list[str]:
+    """What is left to do once ``cert`` is written: where it was written decides."""
+    beside = cert.parent / ca.CA_CERT
+    if (cert.parent / DEVICE_KEY).is_file():  # signed where the device keeps its key
+        if beside.is_file() and beside.read_bytes() == ca_cert.read_bytes():
+            return ["it is in place: the appliance uses it from its next start"]
+        return [f"next, the CA's certificate beside it: install -m 0644 {ca_cert} {beside}"]
+    return [
+        f"copy it and {ca_cert} to the device, beside its key (/etc/gochat/tls/ on an",
+        "installed Pi) as device.crt and ca.crt, then: systemctl restart gochat-appliance",
+    ]
 
 
 def _crl_renew(args: argparse.Namespace) -> int:
