@@ -25,6 +25,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,6 +53,16 @@ PLAIN_PORT = 1883
 CERT_PORT = 8883  # TLS, the client certificate is the login
 TLS_PORT = 8884  # TLS, username and password
 
+MADE_BY = {
+    "password_file": "a broker account's password, from gochat-admin add-device or add-server",
+    "tls_ca_file": "the deployment CA's certificate, from gochat-admin ca-init",
+    "tls_cert_file": "this device's certificate, from gochat-admin sign-device",
+    "tls_key_file": "this device's key, from gochat-appliance enroll",
+}
+"""Where each file the broker settings name comes from: a missing one says so (the
+shipped examples name the installed paths, which exist only once the installer's
+printed steps have run)."""
+
 
 class BrokerSettings(Section):
     """How to reach the MQTT broker.
@@ -73,10 +84,12 @@ class BrokerSettings(Section):
 
     @field_validator("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
     @classmethod
-    def _file_exists(cls, path: Path | None) -> Path | None:
+    def _file_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and path.is_dir():
+            raise ValueError(f"a folder, not a file: {path}")
         if path is not None and not path.is_file():
-            what = "a folder, not a file" if path.is_dir() else "no such file"
-            raise ValueError(f"{what}: {path}")
+            made_by = MADE_BY.get(info.field_name or "")
+            raise ValueError(f"no such file: {path}" + (f" ({made_by})" if made_by else ""))
         return path
 
     @field_validator("password_file")
