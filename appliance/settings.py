@@ -10,6 +10,7 @@ environment variables are text, and only they are converted.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -206,7 +207,7 @@ class FileSettings(BaseSettings):
         try:
             return cls()
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc, toml_path, data)) from None
+            raise ConfigError(_one_line(cls, exc, toml_path, data)) from None
         finally:
             cls._toml_path = None
 
@@ -271,14 +272,36 @@ def _toml_kind(value: object) -> str:
     )
 
 
-def _one_line(exc: ValidationError, toml_path: Path | None, data: dict[str, Any]) -> str:
-    err: dict[str, Any] = dict(exc.errors(include_url=False)[0])
+def _one_line(
+    model: type[BaseModel], exc: ValidationError, toml_path: Path | None, data: dict[str, Any]
+) -> str:
+    errors = exc.errors(include_url=False)
+    # A misspelt key first: it is why a required one is "missing".
+    typos = [e for e in errors if e["type"] == "extra_forbidden"]
+    err: dict[str, Any] = dict((typos or errors)[0])
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc) or "config"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _did_you_mean(model, loc)
     return f"invalid config: {key} ({_source(loc, toml_path, data)}): {msg}"
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[str, ...]) -> str:
+    """`` (did you mean device.user_id?)`` for a misspelt key, else the keys its section
+    takes (a whole section misspelt: the sections)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return ""
+        model = section
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
+    where = f"[{'.'.join(loc[:-1])}]" if loc[:-1] else "the file"
+    return f" ({where} takes: {', '.join(known)})"
 
 
 def _source(loc: tuple[str, ...], toml_path: Path | None, data: dict[str, Any]) -> str:

@@ -347,7 +347,7 @@ class Broker:
         if not (self.tls_dir / ca.CA_KEY).exists():
             pki.save_private_key(self.tls_dir / ca.CA_KEY, ca_key)
             pki.save_pem(self.tls_dir / ca.CA_CERT, ca_cert)
-        return ca.init_ca(self.tls_dir)
+        return ca.init_ca(self.tls_dir).files
 
     # --- diagnostics ---------------------------------------------------------------
 

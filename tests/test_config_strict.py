@@ -148,3 +148,24 @@ def test_the_shipped_templates_say_which_step_makes_what_they_miss(
     assert f"invalid config: {missing} (in {template}): no such file: /etc/gochat/" in line
     assert line.endswith(f", from {made_by})"), line
     assert "the template scripts/install-pi" in template.read_text()
+
+
+@pytest.mark.parametrize(
+    ("program", "toml", "said"),
+    [
+        ("appliance", "[device]\nuser_idd = 'pi-a'\n", "device.user_idd ({config}): unknown key"
+         " (did you mean device.user_id?)"),
+        ("appliance", "[device]\nuser_id = 'pi-a'\n[devise]\nname = 'a'\n",
+         "devise ({config}): unknown key (did you mean device?)"),
+        ("server", "[broker]\nhots = 'x'\n", "broker.hots ({config}): unknown key"
+         " (did you mean broker.host?)"),
+        ("server", "[store]\nfoo = 1\n", "store.foo ({config}): unknown key ([store] takes: path"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_gets_a_suggestion(
+    tmp_path: Path, program: str, toml: str, said: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    line = one_line(check_config(program, config))
+    assert said.format(config=f"in {config}") in line, line

@@ -258,11 +258,42 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
         "localhost",
     ]
     first_ca = (ca_dir / "ca.crt").read_bytes()
-    assert f"broker file: {key}" in capsys.readouterr().out
-    # Again, for another name: the CA is kept (issued certificates stay valid).
+    out = capsys.readouterr().out
+    assert f"broker file: {key}" in out and f"CA: {ca_dir}/ca.crt, made;" in out
+    # Again, for another name: the CA is kept (issued certificates stay valid), only
+    # the broker's certificate is new, and it says so.
     assert admin.main([*argv[:3], "--hosts", "broker.example", "--broker-dir", ""]) == 0
     assert (ca_dir / "ca.crt").read_bytes() == first_ca
     assert pki.load_certificate(ca_dir / "server.crt").serial_number != cert.serial_number
+    out = capsys.readouterr().out
+    assert "kept (the certificates it issued stay valid)" in out, out
+    assert "broker certificate: re-issued for broker.example, 127.0.0.1, localhost" in out
+    assert "(was broker.lan, 10.0.0.2, 127.0.0.1, localhost; same key)" in out
+    # And for the same names: nothing is re-issued.
+    assert admin.main([*argv[:3], "--hosts", "broker.example", "--broker-dir", ""]) == 0
+    assert "broker certificate: kept, for broker.example" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "no such file: {path}"),
+        ("hello\n", "{path}: not a PEM certificate request (gochat-appliance enroll makes"),
+        ("-----BEGIN CERTIFICATE REQUEST-----\nxx\n", "{path}: not a PEM certificate request"),
+    ],
+)
+def test_sign_device_on_something_else_than_a_request_says_what_it_wants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, said: str
+) -> None:
+    ca_dir, path = tmp_path / "ca", tmp_path / "device.csr"
+    assert admin.main(["ca-init", "--ca", str(ca_dir), "--broker-dir", ""]) == 0
+    if content is not None:
+        path.write_text(content)
+    capsys.readouterr()
+    assert admin.main(["sign-device", str(path), "--ca", str(ca_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gochat-admin: sign-device: " + said.format(path=path)), err
+    assert len(err.splitlines()) == 1 and "Unable to load" not in err
 
 
 def test_crl_renew_keeps_the_revoked_and_moves_next_update(broker: Broker) -> None:

@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = _Parser(
         prog="gochat-admin",
         description="Manage GoChat broker accounts and the deployment's certificates.",
@@ -80,19 +81,38 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     # Subparsers are built with the parser's own class, so they are one-line too.
-    add_device = sub.add_parser("add-device", help="create or re-key a device account")
+    add_device = sub.add_parser(
+        "add-device",
+        help="create or re-key a device account",
+        description="Create a device's broker account, or give it a new password: the hash"
+        " goes into the broker's password file, the password into SECRET_DIR/NAME.password"
+        " (printed: only the paths). For sites without a CA.",
+    )
     add_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(add_device)
     reader(add_device)
-    add_server = sub.add_parser("add-server", help=f"create or re-key the {SERVER_USER_ID} account")
+    add_server = sub.add_parser(
+        "add-server",
+        help=f"create or re-key the {SERVER_USER_ID} account",
+        description=f"Create the business server's broker account ({SERVER_USER_ID}), or"
+        " give it a new password, kept in SECRET_DIR for the server to read.",
+    )
     files(add_server)
     reader(add_server)
-    remove_device = sub.add_parser("remove-device", help="delete a device account")
+    remove_device = sub.add_parser(
+        "remove-device",
+        help="delete a device account",
+        description="Delete a device's broker account and its password file.",
+    )
     remove_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(remove_device)
     _tls_commands(sub, files)
     conf = sub.add_parser(
-        "broker-conf", help="print the shipped mosquitto.conf for a private loopback broker"
+        "broker-conf",
+        help="print the shipped mosquitto.conf for a private loopback broker",
+        description="Print the shipped mosquitto.conf with only its ports (on loopback),"
+        " paths, log and user changed, for a private broker (make run); its CA and"
+        " certificate are made on first use.",
     )
     conf.add_argument(
         "--port", type=int, required=True, help="loopback port for TLS with passwords"
@@ -117,7 +137,14 @@ def _tls_commands(
             help=f"the CA directory (default {DEFAULT_CA_DIR})",
         )
 
-    init = sub.add_parser("ca-init", help="create the CA, the broker's certificate and the CRL")
+    init = sub.add_parser(
+        "ca-init",
+        help="create the CA, the broker's certificate and the CRL",
+        description="Create what is missing of the deployment's CA, the broker's key and"
+        " certificate and the CRL, and install the broker's files. Run again, it keeps the"
+        " CA (what it issued stays valid) and re-issues the broker's certificate only for"
+        " other host names.",
+    )
     ca_dir(init)
     init.add_argument(
         "--hosts",
@@ -130,11 +157,21 @@ def _tls_commands(
         default=str(DEFAULT_BROKER_DIR),
         help=f"install the broker's files here (default {DEFAULT_BROKER_DIR}; '' skips)",
     )
-    sign = sub.add_parser("sign-device", help="sign a device's certificate request")
+    sign = sub.add_parser(
+        "sign-device",
+        help="sign a device's certificate request",
+        description="Sign a device's certificate request (gochat-appliance enroll made it):"
+        " the certificate's CN, the device's user id, is its broker login.",
+    )
     sign.add_argument("request", type=Path, metavar="REQUEST", help="the device.csr file")
     ca_dir(sign)
     sign.add_argument("--out", type=Path, help="certificate file (default: REQUEST as .crt)")
-    renew = sub.add_parser("crl-renew", help="re-issue the CRL before it expires")
+    renew = sub.add_parser(
+        "crl-renew",
+        help="re-issue the CRL before it expires",
+        description="Re-issue the CRL with the same entries and a new expiry: an expired"
+        " CRL makes the broker refuse every client certificate.",
+    )
     ca_dir(renew)
     renew.add_argument(
         "--broker-dir",
@@ -142,7 +179,10 @@ def _tls_commands(
         help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
     )
     revoke = sub.add_parser(
-        "revoke", help="revoke a device's certificates, reload the broker, cut its session"
+        "revoke",
+        help="revoke a device's certificates, reload the broker, cut its session",
+        description="Revoke every certificate issued to a device, reload the broker, and"
+        " cut the device's open session and server login (docs/security.md).",
     )
     revoke.add_argument("name", metavar="NAME", help="the device's user id")
     ca_dir(revoke)
@@ -168,11 +208,18 @@ def _ca_init(args: argparse.Namespace) -> int:
     hosts = [h.strip() for h in str(args.hosts).split(",") if h.strip()]
     # Same-host clients (the server, revoke's cut) dial the loopback: always valid there.
     hosts += [h for h in pki.DEFAULT_HOSTS if h not in hosts]
-    tls = ca.init_ca(args.ca, hosts, group=broker_group())
-    print(f"CA: {args.ca / ca.CA_CERT} (its key {args.ca / ca.CA_KEY}: keep it private)")
+    done = ca.init_ca(args.ca, hosts, group=broker_group())
+    ca_state = "made" if done.ca_made else "kept (the certificates it issued stay valid)"
+    print(f"CA: {args.ca / ca.CA_CERT}, {ca_state}; its key {args.ca / ca.CA_KEY}: keep it private")
+    names = ", ".join(done.hosts)
+    if done.broker_cert == "re-issued":
+        was = ", ".join(done.previous_hosts)
+        print(f"broker certificate: re-issued for {names} (was {was}; same key)")
+    else:
+        print(f"broker certificate: {done.broker_cert}, for {names}")
     if args.broker_dir:
         target = Path(args.broker_dir)
-        for path in ca.install_broker_files(tls, target, group=broker_group()):
+        for path in ca.install_broker_files(done.files, target, group=broker_group()):
             print(f"broker file: {path}")
     return 0
 
@@ -276,7 +323,7 @@ def _broker_conf(args: argparse.Namespace) -> str:
         brokerconf.CERT_PORT: args.cert_port or port + 1,
         brokerconf.PLAIN_PORT: args.plain_port or port + 2,
     }
-    tls = ca.init_ca((args.ca or args.dir / "tls").resolve())
+    tls = ca.init_ca((args.ca or args.dir / "tls").resolve()).files
     return brokerconf.private_conf(ports, args.dir, tls)
 
 
@@ -286,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Prints the paths it wrote, never a password. Errors are one line on stderr.
     """
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     if args.command in _TLS_COMMANDS:

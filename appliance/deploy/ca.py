@@ -17,7 +17,9 @@ for other hosts. :mod:`appliance.deploy.pki` does the cryptography.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
@@ -44,9 +46,23 @@ def tls_files(directory: Path) -> TlsFiles:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CaInit:
+    """What :func:`init_ca` found and did."""
+
+    files: TlsFiles
+    ca_made: bool
+    """A new CA (else the one there was kept, and what it issued stays valid)."""
+    broker_cert: Literal["made", "re-issued", "kept"]
+    hosts: tuple[str, ...]
+    """The names the broker's certificate is for."""
+    previous_hosts: tuple[str, ...] = ()
+    """When re-issued: the names it was for."""
+
+
 def init_ca(
     directory: Path, hosts: Sequence[str] = pki.DEFAULT_HOSTS, *, group: str | None = None
-) -> TlsFiles:
+) -> CaInit:
     """Create what is missing of the CA, the broker's key and certificate and the CRL.
 
     A broker certificate that does not name exactly ``hosts`` is re-issued (same key).
@@ -56,25 +72,35 @@ def init_ca(
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)  # the CA's key lives here
     files = tls_files(directory)
-    ca_key_path = directory / CA_KEY
-    if ca_key_path.exists() and files.ca.exists():
-        ca_key, ca_cert = pki.load_private_key(ca_key_path), pki.load_certificate(files.ca)
-    else:
-        ca_key, ca_cert = pki.create_ca()
-        pki.save_private_key(ca_key_path, ca_key)
-        pki.save_pem(files.ca, ca_cert)
-        for stale in (files.cert, files.crl):
-            stale.unlink(missing_ok=True)  # signed by a CA that is gone
-    if not files.cert.exists() or sorted(_hosts_of(pki.load_certificate(files.cert))) != sorted(
-        hosts
-    ):
+    ca_key, ca_cert, ca_made = _load_or_create(directory, files)
+    previous = tuple(_hosts_of(pki.load_certificate(files.cert))) if files.cert.exists() else ()
+    same = sorted(previous) == sorted(hosts)
+    if not same:
         key = pki.load_private_key(files.key) if files.key.exists() else None
         server_key, server_cert = pki.issue_server_cert(ca_key, ca_cert, hosts, key=key)
         pki.save_private_key(files.key, server_key, group=group)
         pki.save_pem(files.cert, server_cert, group=group)
     if not files.crl.exists():
         pki.save_pem(files.crl, pki.revoke(ca_key, ca_cert), group=group)
-    return files
+    cert: Literal["made", "re-issued", "kept"] = (
+        "kept" if same else "re-issued" if previous else "made"
+    )
+    return CaInit(files, ca_made, cert, tuple(hosts), () if same else previous)
+
+
+def _load_or_create(
+    directory: Path, files: TlsFiles
+) -> tuple[pki.PrivateKey, x509.Certificate, bool]:
+    """The CA in ``directory``, made if there is none; whether it was made."""
+    ca_key_path = directory / CA_KEY
+    if ca_key_path.exists() and files.ca.exists():
+        return pki.load_private_key(ca_key_path), pki.load_certificate(files.ca), False
+    ca_key, ca_cert = pki.create_ca()
+    pki.save_private_key(ca_key_path, ca_key)
+    pki.save_pem(files.ca, ca_cert)
+    for stale in (files.cert, files.crl):
+        stale.unlink(missing_ok=True)  # signed by a CA that is gone
+    return ca_key, ca_cert, True
 
 
 def _hosts_of(cert: x509.Certificate) -> list[str]:

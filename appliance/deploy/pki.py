@@ -311,8 +311,9 @@ def save_pem(path: Path, obj: Signable, *, group: str | None = None) -> None:
 
 def load_private_key(path: Path) -> PrivateKey:
     """Read an unencrypted PEM private key (P-256); :class:`PkiError` otherwise."""
+    data = _read(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise PkiError(f"{path}: not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != CURVE.name:
@@ -321,15 +322,38 @@ def load_private_key(path: Path) -> PrivateKey:
 
 
 def load_certificate(path: Path) -> x509.Certificate:
-    """Read a PEM certificate."""
-    return x509.load_pem_x509_certificate(path.read_bytes())
+    """Read a PEM certificate; :class:`PkiError` otherwise."""
+    data = _read(path)
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise PkiError(f"{path}: not a PEM certificate") from None
 
 
 def load_csr(path: Path) -> x509.CertificateSigningRequest:
-    """Read a PEM certificate signing request."""
-    return x509.load_pem_x509_csr(path.read_bytes())
+    """Read a PEM certificate signing request; :class:`PkiError` otherwise."""
+    data = _read(path)
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError:
+        raise PkiError(
+            f"{path}: not a PEM certificate request (gochat-appliance enroll makes device.csr)"
+        ) from None
 
 
 def load_crl(path: Path) -> x509.CertificateRevocationList:
-    """Read a PEM CRL."""
-    return x509.load_pem_x509_crl(path.read_bytes())
+    """Read a PEM CRL; :class:`PkiError` otherwise."""
+    data = _read(path)
+    try:
+        return x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise PkiError(f"{path}: not a PEM certificate revocation list") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise PkiError(f"{path}: a folder, not a file") from None
