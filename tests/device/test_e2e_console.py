@@ -111,6 +111,7 @@ def test_a_host_picks_a_member_and_invites_mutes_and_removes_them_with_keys(
     host, ann, _ = room
     _, terminal = console
     screen_shows(terminal, "▶[1] pi-host", HELP_LINE.strip())
+    screen_shows(terminal, "room   Console room", f"id     {host.status['room_id']}")
 
     # Device 1 (the host) is selected; p picks the first other member: pi-ann.
     terminal.type("p")
