@@ -9,7 +9,7 @@ rate, and what the server made of it (its counters, from its log at exit).
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/flood_fairness.py [--seconds 8]
+    .venv/bin/python -m benchmarks.flood_fairness [--seconds 8] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,15 +20,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._common import add_smoke_flag, machine_header, markdown_table
 from testbed import Broker
 from testbed.flood import Flood, heartbeat_latencies, p
 from testbed.server import ServerProcess, connect
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement (8)")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds = 0.5
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
         server = ServerProcess(broker, Path(tmp) / "s.db", Path(tmp) / "s.log").start()
         honest = connect(broker, "honest")
@@ -46,16 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             honest.close()
             server.stop()
         counters = [line for line in server.log().splitlines() if "counters" in line]
-    rows = [("unloaded", calm), ("under flood", stormy)]
     span = args.seconds + 1
-    print(f"flood: {sent} requests in {span:.0f} s ({sent / span:,.0f}/s)")
-    print("| honest heartbeat | n | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|")
-    for name, values in rows:
-        print(
-            f"| {name} | {len(values)} | {p(values, 0.5) * 1e3:.1f} | {p(values, 0.99) * 1e3:.1f}"
-            f" | {max(values) * 1e3:.1f} |"
-        )
+    print(machine_header("Fairness under a flood"))
+    print(f"flood: {sent} requests in {span:.0f} s ({sent / span:,.0f}/s)\n")
+    rows = [
+        [name, len(v), *(f"{s * 1e3:.1f}" for s in (p(v, 0.5), p(v, 0.99), max(v)))]
+        for name, v in (("unloaded", calm), ("under flood", stormy))
+    ]
+    print(markdown_table(["honest heartbeat", "n", "p50 ms", "p99 ms", "max ms"], rows))
     print(f"p99 ratio (flood / unloaded): {p(stormy, 0.99) / p(calm, 0.99):.1f}")
     print(counters[-1] if counters else "(no counters in the server log)")
     return 0
