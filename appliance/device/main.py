@@ -179,10 +179,12 @@ def _audio_command(args: argparse.Namespace) -> int:
         return 69
     print(f"level {heard.level_dbfs:.1f} dBFS, dominant frequency {heard.dominant_hz:.0f} Hz")
     if heard.level_dbfs < SILENT_DBFS:
-        print(
-            "the microphone heard (almost) nothing: is it connected and unmuted (alsamixer)?",
-            file=sys.stderr,
+        why = (
+            f"the stand-in hears GOCHAT_AUDIO__MOCK_INPUT ({audio.mock_input!r} now), e.g. tone:440"
+            if args.mock_hw
+            else "is it connected and unmuted (alsamixer)?"
         )
+        print(f"the microphone heard (almost) nothing: {why}", file=sys.stderr)
         return 1
     return 0
 
