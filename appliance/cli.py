@@ -14,7 +14,7 @@ def server_main() -> None:
 
 def admin_main() -> None:
     """``gochat-admin``: broker credentials for devices and the server."""
-    from appliance.admin import main
+    from appliance.deploy.admin import main
 
     sys.exit(main(sys.argv[1:]))
 

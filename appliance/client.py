@@ -140,7 +140,7 @@ class GoChatClient:
 
     def login(self, name: str | None = None) -> dict[str, Any]:
         """``login`` with ``name`` (default: the user id)."""
-        return self.call(m.Method.LOGIN, name=name or self.user_id[:32])
+        return self.call(m.Method.LOGIN, name=name or self.user_id[: m.NAME_MAX])
 
     def publish_raw(
         self,

@@ -10,6 +10,7 @@ environment variables are text, and only they are converted.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -25,6 +26,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,6 +54,16 @@ PLAIN_PORT = 1883
 CERT_PORT = 8883  # TLS, the client certificate is the login
 TLS_PORT = 8884  # TLS, username and password
 
+MADE_BY = {
+    "password_file": "a broker account's password, from gochat-admin add-device or add-server",
+    "tls_ca_file": "the deployment CA's certificate, from gochat-admin ca-init",
+    "tls_cert_file": "this device's certificate, from gochat-admin sign-device",
+    "tls_key_file": "this device's key, from gochat-appliance enroll",
+}
+"""Where each file the broker settings name comes from: a missing one says so (the
+shipped examples name the installed paths, which exist only once the installer's
+printed steps have run)."""
+
 
 class BrokerSettings(Section):
     """How to reach the MQTT broker.
@@ -73,10 +85,12 @@ class BrokerSettings(Section):
 
     @field_validator("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
     @classmethod
-    def _file_exists(cls, path: Path | None) -> Path | None:
+    def _file_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and path.is_dir():
+            raise ValueError(f"a folder, not a file: {path}")
         if path is not None and not path.is_file():
-            what = "a folder, not a file" if path.is_dir() else "no such file"
-            raise ValueError(f"{what}: {path}")
+            made_by = MADE_BY.get(info.field_name or "")
+            raise ValueError(f"no such file: {path}" + (f" ({made_by})" if made_by else ""))
         return path
 
     @field_validator("password_file")
@@ -193,7 +207,7 @@ class FileSettings(BaseSettings):
         try:
             return cls()
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc, toml_path, data)) from None
+            raise ConfigError(_one_line(cls, exc, toml_path, data)) from None
         finally:
             cls._toml_path = None
 
@@ -258,14 +272,36 @@ def _toml_kind(value: object) -> str:
     )
 
 
-def _one_line(exc: ValidationError, toml_path: Path | None, data: dict[str, Any]) -> str:
-    err: dict[str, Any] = dict(exc.errors(include_url=False)[0])
+def _one_line(
+    model: type[BaseModel], exc: ValidationError, toml_path: Path | None, data: dict[str, Any]
+) -> str:
+    errors = exc.errors(include_url=False)
+    # A misspelt key first: it is why a required one is "missing".
+    typos = [e for e in errors if e["type"] == "extra_forbidden"]
+    err: dict[str, Any] = dict((typos or errors)[0])
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc) or "config"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _did_you_mean(model, loc)
     return f"invalid config: {key} ({_source(loc, toml_path, data)}): {msg}"
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[str, ...]) -> str:
+    """`` (did you mean device.user_id?)`` for a misspelt key, else the keys its section
+    takes (a whole section misspelt: the sections)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return ""
+        model = section
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {'.'.join((*loc[:-1], close[0]))}?)"
+    where = f"[{'.'.join(loc[:-1])}]" if loc[:-1] else "the file"
+    return f" ({where} takes: {', '.join(known)})"
 
 
 def _source(loc: tuple[str, ...], toml_path: Path | None, data: dict[str, Any]) -> str:

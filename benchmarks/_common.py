@@ -4,6 +4,7 @@ and per-process CPU/RSS read from ``/proc`` (no psutil needed). Linux only.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import os
@@ -58,6 +59,16 @@ def os_name() -> str:
     except OSError:
         pass
     return f"{pretty}, kernel {platform.release()} ({platform.machine()})"
+
+
+def add_smoke_flag(parser: argparse.ArgumentParser) -> None:
+    """``--smoke``: every step of the benchmark in seconds, as the test suite runs it
+    (tests/test_benchmarks.py); its figures mean nothing."""
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step in seconds, for the test suite: its figures mean nothing",
+    )
 
 
 def machine_header(title: str) -> str:

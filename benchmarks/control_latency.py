@@ -1,6 +1,7 @@
 """Button to LED across the room, and how fast an appliance is ready.
 
-Run: ``.venv/bin/python -m benchmarks.control_latency [--presses 200] [--ready-runs 10]``.
+Run: ``.venv/bin/python -m benchmarks.control_latency [--presses 200] [--ready-runs 10]``
+(``--smoke``: seconds).
 Prints a Markdown table with the machine and the date; never asserts (the targets are
 reported against, not enforced: speed depends on the machine).
 
@@ -34,7 +35,13 @@ from typing import Any
 
 from appliance.hw_mocks import gpio
 
-from benchmarks._common import machine_header, markdown_table, percentile, verdict
+from benchmarks._common import (
+    add_smoke_flag,
+    machine_header,
+    markdown_table,
+    percentile,
+    verdict,
+)
 from testbed import leds
 from testbed.broker import Broker
 from testbed.daemons import DaemonProcess, InProcessDaemon
@@ -142,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ready-runs", type=int, default=10, help="start-ups per mode (default 10)"
     )
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.presses, args.ready_runs = 2, 1
     with tempfile.TemporaryDirectory(prefix="gochat-bench-") as tmp:
         root = Path(tmp)
         with Broker(root / "broker") as broker:

@@ -77,6 +77,7 @@ from appliance.audio import opus
 from appliance.client import GoChatClient
 from appliance.protocol import topics, voice
 from benchmarks._common import (
+    add_smoke_flag,
     machine_cpu_seconds,
     machine_header,
     markdown_table,
@@ -92,6 +93,7 @@ from testbed.voice import media_key_pushes
 
 LADDER = (100, 250, 500, 750, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000)
 QUICK_LADDER = (20, 60)
+SMOKE_LADDER = (4,)
 HOLD_FRACTION = 0.999  # of the frames sent, at every listener ...
 HOLD_MS = 50  # ... within this many ms of their due time
 SPEAKERS = 4
@@ -144,7 +146,8 @@ class Config:
 def parse_args(argv: Sequence[str] | None) -> Config:
     """The command line (``--quick`` sets small defaults for what is not given)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 and 60 listeners")
+    parser.add_argument("--quick", action="store_true", help="a short run: 20 and 60 listeners")
+    add_smoke_flag(parser)
     parser.add_argument("--ladder", help="listener counts, e.g. 100,250,500 (default up to 8000)")
     parser.add_argument("--duration", type=float, help="s of audio per measurement (10; quick 3)")
     parser.add_argument("--workers", type=int, default=2, help="listener processes (2)")
@@ -166,14 +169,15 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         ladder = (
             tuple(sorted({int(n) for n in args.ladder.split(",") if n.strip()}))
             if args.ladder
-            else (QUICK_LADDER if args.quick else LADDER)
+            else (SMOKE_LADDER if args.smoke else QUICK_LADDER if args.quick else LADDER)
         )
     except ValueError:
         parser.error(f"--ladder: not a comma-separated list of integers: {args.ladder}")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not ladder or ladder[0] < 1 or not modes or not set(modes) <= set(MODES):
         parser.error("--ladder must be positive integers; --modes a subset of talk,dtx")
-    duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
+    short = 1.0 if args.smoke else 3.0 if args.quick else 10.0
+    duration = args.duration if args.duration is not None else short
     if duration <= 0:
         parser.error("--duration must be positive")
     return Config(

@@ -13,7 +13,7 @@ answered), and the server's own counters at exit.
 
 Run (from the repository root)::
 
-    .venv/bin/python -m benchmarks.flood_fairness [--seconds 8] [--rate 10000]
+    .venv/bin/python -m benchmarks.flood_fairness [--seconds 8] [--rate 10000] [--smoke]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.client import GoChatClient
-from benchmarks._common import machine_header, markdown_table, process_cpu_seconds
+from benchmarks._common import add_smoke_flag, machine_header, markdown_table, process_cpu_seconds
 from testbed import Broker
 from testbed.flood import Flood, FloodPlan, FloodReport, heartbeat_latencies, p
 from testbed.server import ServerProcess, connect
@@ -142,13 +142,18 @@ def tables(outcomes: list[Outcome], rate: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement (8)")
     parser.add_argument("--rate", type=float, default=10_000.0)
     parser.add_argument(
         "--only", choices=["shipped", "unguarded"], help="one broker configuration only"
     )
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:  # both floods on the shipped broker, briefly
+        args.seconds, args.only = 0.5, args.only or "shipped"
     guards = {"shipped": [True], "unguarded": [False], None: [True, False]}[args.only]
     outcomes = [
         scenario(guarded, qos, args.seconds, args.rate) for guarded in guards for qos in (0, 1)

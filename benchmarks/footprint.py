@@ -94,6 +94,7 @@ from appliance.protocol import topics
 from appliance.protocol.frames import timestamp_step
 from appliance.protocol.voice import Sealer
 from benchmarks._common import (
+    add_smoke_flag,
     drain_datagrams,
     machine_header,
     markdown_table,
@@ -120,6 +121,7 @@ TARGET_RSS_MB = 64.0
 SPEAKERS = 3
 PACKET_S = 0.020
 SETTLE_S = 3.0
+SMOKE_SETTLE_S = 0.5
 HEARTBEAT_S = 10.0  # the server's heartbeat interval: the speakers' sessions stay alive
 SENTENCE = (
     "Good morning everyone, and welcome to the morning room. Today we talk about "
@@ -425,6 +427,7 @@ def run_profile(
     profile: str, *, broker: Broker, coap: CoapClient, root: Path, seconds: float,
     stack: contextlib.ExitStack, py_spy: str | None = None, profile_s: float = 20.0,
     burst: bool = False, three_a: bool = True, quota: float | None = None, windows: int = 3,
+    settle_s: float = SETTLE_S,
 ) -> Measurement:  # fmt: skip
     """The daemon on ``profile``, talking, with three speakers heard; with ``quota``,
     moved into a CPU quota of that % of one core once it hears them."""
@@ -480,7 +483,7 @@ def run_profile(
         group = CpuQuota(f"gochat-footprint-{os.getpid()}", quota)
         stack.callback(group.close)
         group.add(device.proc.pid)
-    time.sleep(SETTLE_S)
+    time.sleep(settle_s)
     result = Measurement(profile, three_a=three_a, quota=quota)
     log(f"{result.label}: measuring {seconds:.0f} s")
 
@@ -673,6 +676,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="per profile (60)")
     parser.add_argument("--quick", action="store_true", help="10 s per profile")
+    add_smoke_flag(parser)
     parser.add_argument(
         "--profiles", default="default,low-cpu", help="comma-separated (default,low-cpu)"
     )
@@ -698,7 +702,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.py_spy and shutil.which(args.py_spy) is None:
         parser.error(f"--py-spy: {args.py_spy} is not executable")
     if args.seconds is None:
-        args.seconds = 10.0 if args.quick else 60.0
+        args.seconds = 1.0 if args.smoke else 10.0 if args.quick else 60.0
     args.profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     args.three_a = {"on": [True], "off": [False], "both": [False, True]}[args.three_a]
     if args.cpu_quota is not None and (why := quota_available()):
@@ -712,7 +716,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def runs(args: argparse.Namespace) -> list[tuple[str, bool, float | None]]:
     """(profile, 3A, quota) of every run: each quota in turn, or one run unlimited."""
     quotas: list[float | None] = list(args.cpu_quota) if args.cpu_quota else [None]
-    return [(p, a, q) for p in args.profiles for a in args.three_a for q in quotas]
+    pairs = [(p, a) for p in args.profiles for a in args.three_a]
+    if args.smoke:  # each profile and each chain setting once, not every pair of them
+        pairs = [(p, args.three_a[i % len(args.three_a)]) for i, p in enumerate(args.profiles)]
+    return [(p, a, q) for p, a in pairs for q in quotas]
 
 
 def _sigterm(_signo: int, _frame: object) -> None:
@@ -762,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 three_a=three_a,
                                 quota=quota,
                                 windows=args.windows,
+                                settle_s=SMOKE_SETTLE_S if args.smoke else SETTLE_S,
                             )
                         )
     except KeyboardInterrupt:

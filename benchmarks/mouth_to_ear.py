@@ -1057,6 +1057,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clicks", type=int, default=None, help="clicks per scenario (200)")
     parser.add_argument("--quick", action="store_true", help="40 clicks per scenario")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="2 clicks in each of the fewest scenarios that use every feature (the proxy,"
+        " low-cpu, the chain off, DTX pauses and flipped), for the test suite: its figures"
+        " mean nothing",
+    )
     parser.add_argument("--no-proxy", action="store_true", help="skip the jitter scenario")
     parser.add_argument("--seed", type=int, default=1, help="clicks' and proxy's seed")
     parser.add_argument(
@@ -1075,7 +1082,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.cpu_quota is not None and (why := quota_available()):
         parser.error(f"--cpu-quota: {why}")
     if args.clicks is None:
-        args.clicks = 40 if args.quick else 200
+        args.clicks = 2 if args.smoke else 40 if args.quick else 200
     if args.clicks < 2:
         parser.error("--clicks must be at least 2")
     return args
@@ -1099,10 +1106,8 @@ def bench_world(root: Path) -> Iterator[tuple[Broker, CoapClient, contextlib.Exi
         yield broker, coap, stack
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+def all_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios the command line asks for (``--only`` aside)."""
     scenarios = [Scenario("loopback", "default", proxy=False)]
     if args.cpu_quota is not None:
         scenarios = [
@@ -1124,6 +1129,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios.append(Scenario(f"loopback, {dtx}", "default", proxy=False, dtx=flipped))
         if not args.no_proxy:
             scenarios.append(Scenario(f"jitter, {dtx}", "default", proxy=True, dtx=flipped))
+    return scenarios
+
+
+def features(scenario: Scenario) -> set[str]:
+    """What a scenario exercises beyond the plain loopback."""
+    used = {"proxy": scenario.proxy, "profile": scenario.profile != "default"}
+    used |= {"chain off": not scenario.chain, "pauses": scenario.pauses}
+    used |= {"dtx": scenario.dtx is not None, "quota": scenario.quota is not None}
+    return {name for name, on in used.items() if on}
+
+
+def covering(scenarios: list[Scenario]) -> list[Scenario]:
+    """The fewest of ``scenarios`` (greedily) that together use every feature any does."""
+    chosen: list[Scenario] = []
+    seen: set[str] = set()
+    for scenario in sorted(scenarios, key=lambda s: -len(features(s))):
+        if features(scenario) - seen or not chosen:
+            chosen.append(scenario)
+            seen |= features(scenario)
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    scenarios = all_scenarios(args)
+    if args.smoke:
+        scenarios = covering(scenarios)
     if args.only:
         wanted = set(args.only)
         scenarios = [s for s in scenarios if s.name in wanted]

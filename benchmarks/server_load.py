@@ -79,6 +79,7 @@ from paho.mqtt.properties import Properties
 from appliance.protocol import topics
 from appliance.server.app import SHED_BACKLOG
 from benchmarks._common import (
+    add_smoke_flag,
     machine_cpu_seconds,
     machine_header,
     markdown_table,
@@ -149,7 +150,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: small numbers, < 60 s")
+    parser.add_argument("--quick", action="store_true", help="a short run: small numbers, < 60 s")
+    add_smoke_flag(parser)
     parser.add_argument("--rate", type=float, help="heartbeat req/s (default 3000; quick 500)")
     parser.add_argument(
         "--step-up", type=float, help="a second, higher rate; 0 skips (default 5000; quick 1000)"
@@ -167,19 +169,21 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
     args = parser.parse_args(argv)
 
-    def pick(value: float | None, full: float, quick: float) -> float:
-        return value if value is not None else (quick if args.quick else full)
+    def pick(value: float | None, full: float, quick: float, smoke: float) -> float:
+        if value is not None:
+            return value
+        return smoke if args.smoke else quick if args.quick else full
 
-    rate = pick(args.rate, 3_000, 500)
-    step = pick(args.step_up, 5_000, 1_000)
+    rate = pick(args.rate, 3_000, 500, 100)
+    step = pick(args.step_up, 5_000, 1_000, 200)
     try:
         join_rates = tuple(max(0.0, float(r)) for r in args.join_rates.split(",") if r.strip())
     except ValueError:
         parser.error(f"--join-rates: not a comma-separated list of numbers: {args.join_rates}")
     config = Config(
         rates=(rate, step) if step > rate else (rate,),
-        duration_s=pick(args.duration, 20.0, 5.0),
-        listeners=int(pick(args.listeners, 5_000, 500)),
+        duration_s=pick(args.duration, 20.0, 5.0, 1.0),
+        listeners=int(pick(args.listeners, 5_000, 500, 20)),
         workers=max(1, args.workers),
         join_rates=join_rates,
         broker_conf=args.broker_conf,

@@ -40,6 +40,9 @@ stretch one process lived without a restart).
 Run (from the repository root)::
 
     .venv/bin/python -m benchmarks.soak [--quick] [--minutes 30] [--seed 1]
+
+``--smoke`` (for the test suite): one daemon, three clients, 10 s and one hostile burst;
+the faults themselves are tests/test_soak.py's.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from appliance.mqtt import new_client, publish_properties
 from appliance.protocol import models as m
 from appliance.protocol import topics
 from benchmarks._common import (
+    add_smoke_flag,
     drain_datagrams,
     machine_header,
     markdown_table,
@@ -82,6 +86,8 @@ AUDIO_GRACE_S = 2.0
 FREEZE_S = 20.0
 CLIENT_TIMEOUT_S = 5.0
 KINDS = ("broker", "server", "daemon-kill", "daemon-stop", "hostile")
+SMOKE_S = 10.0
+SMOKE_PLAN = [(4.0, "hostile")]
 
 
 def now() -> float:
@@ -686,16 +692,25 @@ def schedule(rng: random.Random, seconds: float, quick: bool) -> Iterator[tuple[
             t += rng.uniform(*gap) + (FREEZE_S if kind == "daemon-stop" else 0)
 
 
-def run(seconds: float, seed: int, workdir: Path, out: Callable[[str], None]) -> int:
-    """Run the soak; print the report; return the number of violations."""
-    world = World(workdir, seed)
+def run(
+    seconds: float, seed: int, workdir: Path, out: Callable[[str], None], *, smoke: bool = False
+) -> int:
+    """Run the soak; print the report; return the number of violations. ``smoke``: a
+    small world for ``seconds`` with one hostile burst (see the module doc)."""
+    world = (
+        World(workdir, seed, devices=1, clients_per_room=3, freeze_s=2.0)
+        if smoke
+        else World(workdir, seed)
+    )
     started = now()
     checker = Checker(world, started)
     rss: dict[str, RssSeries] = {}
     faults: list[FaultRecord] = []
     sample_every = 10.0 if seconds <= 600 else 30.0
     next_sample = started
-    plan = list(schedule(random.Random(seed), seconds, seconds <= 600))
+    plan = (
+        list(SMOKE_PLAN) if smoke else list(schedule(random.Random(seed), seconds, seconds <= 600))
+    )
     out(f"soak: {seconds / 60:.0f} min, seed {seed}, {len(plan)} faults, workdir {workdir}")
     try:
         while (elapsed := now() - started) < seconds:
@@ -828,15 +843,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None, help="keep logs in this dir")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
-    seconds = 180.0 if args.quick else args.minutes * 60
+    seconds = SMOKE_S if args.smoke else 180.0 if args.quick else args.minutes * 60
     with contextlib.ExitStack() as stack:
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             workdir = args.keep
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-        violations = run(seconds, args.seed, workdir, lambda s: print(s, flush=True))
+        violations = run(
+            seconds, args.seed, workdir, lambda s: print(s, flush=True), smoke=args.smoke
+        )
     return 0 if os.environ.get("SOAK_FAIL_ON_VIOLATION") != "1" or not violations else 1
 
 

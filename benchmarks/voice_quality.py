@@ -1,6 +1,7 @@
 """The hands-free chain stage by stage: what each stage buys and what it costs.
 
-Run: ``.venv/bin/python -m benchmarks.voice_quality`` from the repository root (~1 min).
+Run: ``.venv/bin/python -m benchmarks.voice_quality`` from the repository root (~1 min;
+``--smoke``: the full chain on the default profile, briefly, for the test suite).
 Prints Markdown tables with the machine and the date; never fails on a number (exit 0).
 
 The engine's own :class:`~appliance.audio.processing.CaptureChain`, driven exactly as
@@ -64,13 +65,15 @@ from appliance.audio import opus
 from appliance.audio.config import HandsFreeConfig
 from appliance.audio.processing import CaptureChain
 from appliance.audio.profile import PROFILES, Profile
-from benchmarks._common import machine_header, markdown_table, verdict
+from benchmarks._common import add_smoke_flag, machine_header, markdown_table, verdict
 from benchmarks.voice_quality_dsp import (
+    CPU_BLOCKS,
     ECHO,
     ECHO_QUIET,
     MIC_FLOOR,
     NEAR_FROM_S,
     SECONDS,
+    SMOKE_CPU_BLOCKS,
     added_delay,
     cpu_per_10ms_us,
     erle,
@@ -198,7 +201,14 @@ def pauses_of(near: np.ndarray, rate: int) -> np.ndarray:
     return np.repeat(~talking, frame)
 
 
-def measure(profile: Profile, variant: str, make: Callable[..., Any], opus_us: float) -> Row:
+def measure(
+    profile: Profile,
+    variant: str,
+    make: Callable[..., Any],
+    opus_us: float,
+    *,
+    cpu_blocks: int = CPU_BLOCKS,
+) -> Row:
     rate, block_ms = profile.capture_rate, profile.frame_ms
     far48, near, _ = talkers(rate)
     echo_only = simulate(make(), far48, rate, block_ms)
@@ -219,7 +229,7 @@ def measure(profile: Profile, variant: str, make: Callable[..., Any], opus_us: f
     lag = added_delay(near, heard, rate)
     mask = pauses_of(near, rate)[: len(heard) - lag]
     floor_db = dbfs(heard[lag:][: len(mask)][mask]) if mask.sum() > rate // 4 else float("nan")
-    cpu = cpu_per_10ms_us(make, rate, block_ms)
+    cpu = cpu_per_10ms_us(make, rate, block_ms, cpu_blocks)
     return Row(
         profile.name, variant, early, late, pesq_wb, stoi_, pesq_quiet, pesq_alone, spread,
         floor_db, lag_ms, cpu, opus_us,
@@ -266,17 +276,21 @@ def codec_ceiling(profile: Profile) -> str:
     return quality(near, through_opus(pcm, profile), rate)[0]
 
 
-def rows() -> list[Row]:
+def rows(*, smoke: bool = False) -> list[Row]:
+    """Every variant on every profile (``smoke``: the full chain on the default profile,
+    briefly; benchmarks.voice_quality_dsp's smoke run has both profiles)."""
     out = []
-    for profile in PROFILES.values():
+    variants = {"full chain": VARIANTS["full chain"]} if smoke else VARIANTS
+    for profile in [PROFILES["default"]] if smoke else PROFILES.values():
         opus_us = opus_per_10ms_us(profile)
-        for variant, switches in VARIANTS.items():
+        for variant, switches in variants.items():
             rate = profile.capture_rate
 
             def make(rate: int = rate, switches: dict[str, bool] = switches) -> CaptureChain:
                 return CaptureChain(rate, HandsFreeConfig.switched(**switches))
 
-            out.append(measure(profile, variant, make, opus_us))
+            cpu_blocks = SMOKE_CPU_BLOCKS if smoke else CPU_BLOCKS
+            out.append(measure(profile, variant, make, opus_us, cpu_blocks=cpu_blocks))
     return out
 
 
@@ -285,7 +299,7 @@ M2E_CLICKS = 50
 CHAIN_OFF = {"echo_cancellation": False, "noise_suppression": False, "auto_gain": False}
 
 
-def mouth_to_ear_p50s() -> dict[str, list[float]]:
+def mouth_to_ear_p50s(runs: int = M2E_RUNS, clicks: int = M2E_CLICKS) -> dict[str, list[float]]:
     """Click latencies (ms) of mouth_to_ear's loopback with the chain on and off."""
     from benchmarks import mouth_to_ear as m2e  # noqa: PLC0415 - needs Mosquitto
 
@@ -293,33 +307,34 @@ def mouth_to_ear_p50s() -> dict[str, list[float]]:
     original = names["DaemonProcess"]
     latencies: dict[str, list[float]] = {"on": [], "off": []}
     try:
-        for run in range(M2E_RUNS):
-            for label in ("on", "off"):
-                switches = {} if label == "on" else CHAIN_OFF
+        with (
+            tempfile.TemporaryDirectory(prefix="gochat-vq-m2e-") as tmp,
+            m2e.bench_world(Path(tmp)) as (broker, coap, _),
+        ):
+            for run in range(runs):
+                for label in ("on", "off"):
+                    switches = {} if label == "on" else CHAIN_OFF
 
-                def daemon(*args: Any, audio: Any = None, _s: Any = switches, **kw: Any) -> Any:
-                    return original(*args, audio={**(audio or {}), **_s}, **kw)
+                    def daemon(*args: Any, audio: Any = None, _s: Any = switches, **kw: Any) -> Any:
+                        return original(*args, audio={**(audio or {}), **_s}, **kw)
 
-                names["DaemonProcess"] = daemon
-                scenario = m2e.Scenario(f"loopback 3A {label} {run}", "default", proxy=False)
-                with (
-                    tempfile.TemporaryDirectory(prefix="gochat-vq-m2e-") as tmp,
-                    m2e.bench_world(Path(tmp)) as (broker, coap, _),
-                    contextlib.ExitStack() as stack,
-                ):
-                    result = m2e.run_scenario(
-                        scenario, broker=broker, coap=coap, root=Path(tmp),
-                        clicks=M2E_CLICKS, seed=run + 1, stack=stack,
-                    )  # fmt: skip
-                latencies[label] += result.latencies_ms
+                    names["DaemonProcess"] = daemon
+                    scenario = m2e.Scenario(f"loopback 3A {label} {run}", "default", proxy=False)
+                    with contextlib.ExitStack() as stack:
+                        result = m2e.run_scenario(
+                            scenario, broker=broker, coap=coap, root=Path(tmp),
+                            clicks=clicks, seed=run + 1, stack=stack,
+                        )  # fmt: skip
+                    latencies[label] += result.latencies_ms
     finally:
         names["DaemonProcess"] = original
     return latencies
 
 
-def print_rooms() -> None:
+def print_rooms(*, smoke: bool = False) -> None:
+    """The newcomer table (``smoke``: the demo's room only)."""
     profile = PROFILES["default"]
-    results = [newcomer_in(room, profile) for room in ROOMS]
+    results = [newcomer_in(room, profile) for room in (["demo"] if smoke else ROOMS)]
     print(
         f"\nA newcomer on stage (default profile), each room with `{ROOM_NOISE}` noise: its "
         f"stream's loudest second against the talker in its first {FIRST_S} s and after "
@@ -345,8 +360,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--no-mouth-to-ear", action="store_true", help="skip the live mouth-to-ear runs"
     )
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
-    results = rows()
+    results = rows(smoke=args.smoke)
+    m2e_runs, m2e_clicks = (1, 2) if args.smoke else (M2E_RUNS, M2E_CLICKS)
     print(machine_header("Hands-free chain, stage by stage (benchmarks.voice_quality)"))
     print(
         f"Room `{ECHO}`: far talker -20 dBFS, its echo at 0 dB to the near talker (-26 "
@@ -373,27 +390,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         if r.variant != "full chain":
             continue
         ceiling = codec_ceiling(PROFILES[r.profile])
-        pesq_ok = "n/a" not in (r.pesq, ceiling) and float(r.pesq) >= TARGET_PESQ_RATIO * float(
-            ceiling
+        pesq_ok = (
+            "n/a"
+            if "n/a" in (r.pesq, ceiling)
+            else verdict(float(r.pesq) >= TARGET_PESQ_RATIO * float(ceiling))
         )
         cpu = verdict(r.cpu_us / 100 <= TARGET_CORE_PCT) if r.profile == "default" else "-"
         checks.append([
             r.profile, f"{r.erle_late:.1f} {verdict(r.erle_late >= TARGET_ERLE_DB)}",
-            f"{r.pesq} {verdict(pesq_ok)}", f"{r.cpu_us / 100:.2f} % {cpu}",
+            f"{r.pesq} {pesq_ok}", f"{r.cpu_us / 100:.2f} % {cpu}",
             f"{r.m2e_ms:.1f} {verdict(r.m2e_ms <= TARGET_M2E_MS)}",
         ])  # fmt: skip
     print(markdown_table(["profile", "ERLE dB", "DT PESQ", "CPU", "mouth-to-ear +ms"], checks))
-    print_rooms()
+    print_rooms(smoke=args.smoke)
     if args.no_mouth_to_ear:
         return
     try:
-        live = mouth_to_ear_p50s()
+        live = mouth_to_ear_p50s(m2e_runs, m2e_clicks)
     except Exception as exc:  # never fail: report that it could not run
         print(f"\nmouth to ear, live: could not run ({type(exc).__name__}: {exc})")
         return
     on, off = (float(np.median(live[k])) if live[k] else float("nan") for k in ("on", "off"))
     print(
-        f"\nMouth to ear, live (loopback, default profile, {M2E_RUNS} x {M2E_CLICKS} clicks "
+        f"\nMouth to ear, live (loopback, default profile, {m2e_runs} x {m2e_clicks} clicks "
         "each, alternating):\n"
     )
     print(markdown_table(

@@ -1,6 +1,7 @@
 """Hands-free capture DSP: WebRTC (pywebrtc-audio, our CaptureChain) vs libspeexdsp.
 
-Run: ``.venv/bin/python -m benchmarks.voice_quality_dsp`` from the repository root.
+Run: ``.venv/bin/python -m benchmarks.voice_quality_dsp [--smoke]`` from the repository
+root.
 Prints Markdown tables with the machine and the date; never fails on a number.
 
 Both libraries get the same stand-in room (``hw_mocks.room``: the far talker played
@@ -31,6 +32,7 @@ libspeexdsp, the affected cells read n/a.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import math
@@ -48,7 +50,7 @@ import numpy as np
 from appliance.audio import opus
 from appliance.audio.config import HandsFreeConfig
 from appliance.audio.processing import CaptureChain, Decimator, ReferenceRing
-from benchmarks._common import machine_header, markdown_table, verdict
+from benchmarks._common import add_smoke_flag, machine_header, markdown_table, verdict
 from hw_mocks.audio import read_wav_mono
 from hw_mocks.room import (
     EchoPath,
@@ -70,6 +72,7 @@ MIC_FLOOR = "pink:-60"  # a real microphone is never digitally silent (NS misbeh
 FAR_DBFS, NEAR_DBFS = -20.0, -26.0
 PROFILES = ((48_000, 20), (16_000, 40))
 CPU_BLOCKS = 1000
+SMOKE_CPU_BLOCKS = 50
 
 FAR_TEXT = (
     "The quick brown fox jumps over the lazy dog. We will meet at the station at "
@@ -277,8 +280,11 @@ def quality(near: np.ndarray, out: np.ndarray, rate: int) -> tuple[str, str]:
     The output is first advanced by the chain's own latency: STOI does not align.
     """
     out = np.roll(out, -added_delay(near, out, rate))
-    ref = to16(near, rate)[int(NEAR_FROM_S * 16_000) :]
-    deg = to16(out, rate)[int(NEAR_FROM_S * 16_000) :]
+    try:
+        ref = to16(near, rate)[int(NEAR_FROM_S * 16_000) :]
+        deg = to16(out, rate)[int(NEAR_FROM_S * 16_000) :]
+    except ImportError:  # scipy, which the bench extra brings with pesq and pystoi
+        return "n/a", "n/a"
     try:
         from pesq import pesq  # type: ignore[import-untyped]  # noqa: PLC0415
 
@@ -294,21 +300,23 @@ def quality(near: np.ndarray, out: np.ndarray, rate: int) -> tuple[str, str]:
     return p, s
 
 
-def cpu_per_10ms_us(make: Callable[[], Any], rate: int, block_ms: int) -> float:
-    """Process CPU time of the full chain per 10 ms, over CPU_BLOCKS x 10 ms (median of 3)."""
-    far = speech_like(CPU_BLOCKS / 100, 48_000, seed=3)
-    mic = speech_like(CPU_BLOCKS / 100, rate, seed=4)
+def cpu_per_10ms_us(
+    make: Callable[[], Any], rate: int, block_ms: int, blocks: int = CPU_BLOCKS
+) -> float:
+    """Process CPU time of the full chain per 10 ms, over ``blocks`` x 10 ms (median of 3)."""
+    far = speech_like(blocks / 100, 48_000, seed=3)
+    mic = speech_like(blocks / 100, rate, seed=4)
     block = rate * block_ms // 1000
     runs = []
     for _ in range(3):
         chain = make()
         start = time.process_time()
-        for k in range(CPU_BLOCKS):
+        for k in range(blocks):
             chain.render(far[k * PERIOD : (k + 1) * PERIOD])
             end = (k + 1) * rate // 100
             if end % block == 0:
                 chain.process(mic[end - block : end])
-        runs.append((time.process_time() - start) / CPU_BLOCKS * 1e6)
+        runs.append((time.process_time() - start) / blocks * 1e6)
     return float(np.median(runs))
 
 
@@ -342,7 +350,13 @@ def makers(rate: int) -> dict[str, Callable[..., Any]]:
 
 
 def measure(
-    name: str, make: Callable[..., Any], rate: int, block_ms: int, opus_us: float
+    name: str,
+    make: Callable[..., Any],
+    rate: int,
+    block_ms: int,
+    opus_us: float,
+    *,
+    cpu_blocks: int = CPU_BLOCKS,
 ) -> list[object]:
     far48, near, _ = talkers(rate)
     echo_only = simulate(make(auto_gain=False), far48, rate, block_ms)
@@ -357,7 +371,7 @@ def measure(
     silent = np.zeros(4 * 48_000, np.int16)
     floor = simulate(make(auto_gain=False), silent, rate, block_ms, echo="off", noise="pink:-45")
     floor_db = dbfs(floor.out[2 * rate :])
-    cpu = cpu_per_10ms_us(make, rate, block_ms)
+    cpu = cpu_per_10ms_us(make, rate, block_ms, cpu_blocks)
     return [
         name, f"{rate // 1000} kHz / {block_ms} ms", f"{early:.1f}", f"{late:.1f}",
         pesq_wb, stoi_, pesq_quiet, f"{floor_db:.1f}", f"{delay_ms:.1f}", f"{cpu:.0f}",
@@ -365,13 +379,17 @@ def measure(
     ]  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_smoke_flag(parser)
+    smoke = parser.parse_args(argv).smoke
     opus_us = opus_encode_20ms_us()
     rows = []
     source = talkers(16_000)[2]
     for rate, block_ms in PROFILES:
         for name, make in makers(rate).items():
-            rows.append(measure(name, make, rate, block_ms, opus_us))
+            cpu_blocks = SMOKE_CPU_BLOCKS if smoke else CPU_BLOCKS
+            rows.append(measure(name, make, rate, block_ms, opus_us, cpu_blocks=cpu_blocks))
     print(machine_header("Hands-free capture DSP: WebRTC vs libspeexdsp"))
     print(
         f"Room: `{ECHO}`, far talker {FAR_DBFS:g} dBFS, near {NEAR_DBFS:g} dBFS from "
@@ -388,8 +406,8 @@ def main() -> None:
     targets = []
     for row in rows:
         late, pesq_wb, share = float(str(row[3])), str(row[4]), float(str(row[10]).rstrip(" %"))
-        pesq_ok = pesq_wb != "n/a" and float(pesq_wb) >= 3.0
-        targets.append([row[0], row[1], verdict(late >= 30), verdict(pesq_ok), verdict(share <= 2)])
+        pesq_ok = "n/a" if pesq_wb == "n/a" else verdict(float(pesq_wb) >= 3.0)
+        targets.append([row[0], row[1], verdict(late >= 30), pesq_ok, verdict(share <= 2)])
     print()
     print(markdown_table(["library", "capture", "ERLE", "PESQ", "CPU"], targets))
 

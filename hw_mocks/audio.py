@@ -106,6 +106,7 @@ ENV_NOISE: Final = "GOCHAT_AUDIO__MOCK_NOISE"
 ENV_TRACE: Final = "HW_MOCKS_AUDIO_TRACE"
 
 _SAMPLE_BYTES: Final = 2
+_HEADER_BYTES: Final = 44  # a PCM WAV's RIFF, fmt and data headers
 _OVERRUN_S: Final = 0.5
 """Behind the device clock by more than this, a stream skips ahead (an ALSA xrun)."""
 _WRITE_AHEAD_BUFFERS: Final = 4
@@ -240,7 +241,9 @@ class WavRecorder:
     is bounded: once ``path`` holds ``keep_s`` seconds, it is renamed to
     :meth:`previous_path` (``NAME.1.wav``, replacing the one before) and ``path``
     starts again. Together they always hold at least the last ``keep_s`` seconds
-    (once that much was played) and at most twice that.
+    (once that much was played) and at most twice that, across runs too: a run goes
+    on with the recording an earlier one left at ``path`` (one in another format is
+    moved to ``NAME.1.wav`` first). Without ``keep_s`` every run starts afresh.
     """
 
     def __init__(self, path: Path | str, rate: int = 48_000, keep_s: float | None = None) -> None:
@@ -250,9 +253,7 @@ class WavRecorder:
         """Frames in the current file (``path``)."""
         self.keep_frames = round(keep_s * rate) if keep_s is not None else None
         self._lock = threading.Lock()
-        if self.keep_frames is not None:
-            self.previous_path.unlink(missing_ok=True)  # an earlier run's: not this one's
-        self._file: BinaryIO | None = self._start()
+        self._file: BinaryIO | None = self._start() if keep_s is None else self._resume()
 
     @property
     def previous_path(self) -> Path:
@@ -263,6 +264,18 @@ class WavRecorder:
         file = self.path.open("wb")
         file.write(_wav_header(self.rate, 0))
         file.flush()
+        return file
+
+    def _resume(self) -> BinaryIO:
+        """Go on with an earlier run's recording at ``path``, if it is one of ours."""
+        frames = _recorded_frames(self.path, self.rate)
+        if frames is None:
+            if self.path.exists():  # not one of ours to append to: keep it aside
+                os.replace(self.path, self.previous_path)
+            return self._start()
+        file = self.path.open("r+b")
+        file.truncate(_HEADER_BYTES + frames * _SAMPLE_BYTES)  # a half-written sample
+        self.frames = frames
         return file
 
     def _rotate(self, file: BinaryIO) -> BinaryIO:
@@ -292,6 +305,23 @@ class WavRecorder:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def _recorded_frames(path: Path, rate: int) -> int | None:
+    """The frames in a recording :class:`WavRecorder` wrote at ``rate``, or None when
+    ``path`` is missing or something else."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(_HEADER_BYTES)
+            size = os.fstat(file.fileno()).st_size
+    except OSError:
+        return None
+    if len(header) < _HEADER_BYTES:
+        return None
+    data_bytes: int = struct.unpack_from("<I", header, _HEADER_BYTES - 4)[0]
+    if header != _wav_header(rate, data_bytes):
+        return None
+    return min(data_bytes, size - _HEADER_BYTES) // _SAMPLE_BYTES
 
 
 def _wav_header(rate: int, data_bytes: int) -> bytes:

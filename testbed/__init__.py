@@ -5,7 +5,7 @@
 * :mod:`.mqtt`: recording MQTT clients.
 * :mod:`.server`: the business server, in-process on an offset clock or as a process.
 * :mod:`.daemons`: appliance daemons, in-process on a thread or as processes, driven
-  over CoAP (:mod:`appliance.device.coap_client`) and their stand-in pins.
+  over CoAP (:mod:`appliance.tools.coap_client`) and their stand-in pins.
 * :mod:`.leds`: buttons and LEDs by name, LED patterns read from pin history.
 
 Importable from the repository root (pytest's ``pythonpath``; benchmarks run as

@@ -4,8 +4,8 @@
 configuration is the shipped ``config/mosquitto/mosquitto.conf`` with only the
 listeners' ports, the file paths, the log destination and ``user`` substituted
 (:func:`render_conf`), and its ACL *is* the shipped ``config/mosquitto/acl``: the
-tests prove what is deployed. Accounts are made by :mod:`appliance.admin`, the same
-code as ``gochat-admin``; certificates by :mod:`appliance.ca`, the same code as
+tests prove what is deployed. Accounts are made by :mod:`appliance.deploy.accounts`, the same
+code as ``gochat-admin``; certificates by :mod:`appliance.deploy.ca`, the same code as
 ``gochat-admin ca-init | sign-device | revoke``.
 
 TLS: every broker has its own broker certificate (for 127.0.0.1 and localhost) and CRL,
@@ -37,8 +37,8 @@ from typing import Self
 
 from cryptography import x509
 
-from appliance import admin, ca, pki
-from appliance.brokerconf import (
+from appliance.deploy import accounts, ca, pki
+from appliance.deploy.brokerconf import (
     CERT_PORT,
     LOOPBACK,
     PLAIN_PORT,
@@ -256,12 +256,12 @@ class Broker:
     # --- accounts ------------------------------------------------------------------
 
     def add_user(self, name: str) -> str:
-        """Create (or re-key) account ``name`` with :func:`appliance.admin.add_user`.
+        """Create (or re-key) account ``name`` with :func:`appliance.deploy.accounts.add_user`.
 
         Returns its password. If the broker is running it is reloaded, and the
         account works when this returns.
         """
-        secret = admin.add_user(self.passwd_path, self.secret_dir, name)
+        secret = accounts.add_user(self.passwd_path, self.secret_dir, name)
         password = secret.read_text(encoding="utf-8").strip()
         self._passwords[name] = password
         self.reload()
@@ -270,7 +270,7 @@ class Broker:
     def add_users(self, *names: str) -> dict[str, str]:
         """Several :meth:`add_user` at the cost of one reload; name -> password."""
         for name in names:
-            secret = admin.add_user(self.passwd_path, self.secret_dir, name)
+            secret = accounts.add_user(self.passwd_path, self.secret_dir, name)
             self._passwords[name] = secret.read_text(encoding="utf-8").strip()
         self.reload()
         return {name: self._passwords[name] for name in names}
@@ -280,20 +280,21 @@ class Broker:
         one reload; name -> password.
 
         :meth:`add_users` rewrites the password file once per account (quadratic in
-        its size). This appends the same ``$7$`` lines (:func:`appliance.admin.hash_password`)
-        in one go and writes no secret files, so :meth:`password_file` does not serve
-        these accounts. The names must be new, and the file must exist already (made
-        by :meth:`add_user`, with the mode and group the broker expects).
+        its size). This appends the same ``$7$`` lines
+        (:func:`appliance.deploy.accounts.hash_password`) in one go and writes no secret
+        files, so :meth:`password_file` does not serve these accounts. The names must be
+        new, and the file must exist already (made by :meth:`add_user`, with the mode
+        and group the broker expects).
         """
         if not self.passwd_path.exists():
             raise FileNotFoundError(f"{self.passwd_path}: add one account with add_user first")
         fresh: dict[str, str] = {}
         for name in names:
-            admin.check_name(name)
+            accounts.check_name(name)
             if name in self._passwords or name in fresh:
                 raise ValueError(f"account {name} exists already")
-            fresh[name] = secrets.token_urlsafe(admin.PASSWORD_BYTES)
-        lines = "".join(f"{n}:{admin.hash_password(p)}\n" for n, p in fresh.items())
+            fresh[name] = secrets.token_urlsafe(accounts.PASSWORD_BYTES)
+        lines = "".join(f"{n}:{accounts.hash_password(p)}\n" for n, p in fresh.items())
         with self.passwd_path.open("a", encoding="utf-8") as passwd:
             passwd.write(lines)
         self._passwords.update(fresh)
@@ -302,7 +303,7 @@ class Broker:
 
     def remove_user(self, name: str) -> None:
         """Delete account ``name`` (reloads a running broker)."""
-        admin.remove_user(self.passwd_path, self.secret_dir, name)
+        accounts.remove_user(self.passwd_path, self.secret_dir, name)
         self._passwords.pop(name, None)
         self.reload()
 
@@ -318,7 +319,7 @@ class Broker:
         """A file holding the password of ``name`` (for ``broker.password_file``)."""
         if name not in self._passwords:
             raise KeyError(name)
-        return admin.secret_path(self.secret_dir, name)
+        return accounts.secret_path(self.secret_dir, name)
 
     # --- TLS ----------------------------------------------------------------------
 
@@ -378,7 +379,7 @@ class Broker:
         if not (self.tls_dir / ca.CA_KEY).exists():
             pki.save_private_key(self.tls_dir / ca.CA_KEY, ca_key)
             pki.save_pem(self.tls_dir / ca.CA_CERT, ca_cert)
-        return ca.init_ca(self.tls_dir)
+        return ca.init_ca(self.tls_dir).files
 
     # --- diagnostics ---------------------------------------------------------------
 
@@ -474,7 +475,7 @@ class Broker:
             self._rotate_probe()
 
     def _rotate_probe(self) -> str:
-        secret = admin.add_user(self.passwd_path, self.secret_dir, PROBE_USER)
+        secret = accounts.add_user(self.passwd_path, self.secret_dir, PROBE_USER)
         self._probe_password = secret.read_text(encoding="utf-8").strip()
         return self._probe_password
 

@@ -33,12 +33,12 @@ from typing import Any
 from appliance.hw_mocks import gpio
 from appliance.hw_mocks.audio import mock_pyaudio
 
-from appliance.device import coap_client
-from appliance.device.coap_client import JSON_FORMAT, Reply
 from appliance.device.daemon import Daemon, Hardware
 from appliance.device.effects import LedName, LedPattern
 from appliance.device.events import ButtonName
 from appliance.device.settings import ApplianceSettings
+from appliance.tools import coap_client
+from appliance.tools.coap_client import JSON_FORMAT, Reply
 
 from . import leds
 from .broker import Broker
@@ -90,7 +90,7 @@ class Observation:
 
 
 class CoapClient:
-    """A blocking :class:`appliance.device.coap_client.CoapClient` (own thread and loop)."""
+    """A blocking :class:`appliance.tools.coap_client.CoapClient` (own thread and loop)."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host

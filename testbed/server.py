@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.client import GoChatClient
+from appliance.protocol import models as m
 from appliance.protocol.topics import SERVER_USER_ID
 from appliance.server.app import Server
 from appliance.server.rules import RoomService
@@ -224,5 +225,5 @@ def connect(broker: Broker, user: str, *, login: bool = True) -> GoChatClient:
         broker.host, broker.port, user, password, tls_ca_file=broker.ca_file
     ).connect()
     if login:
-        client.login(user.title())
+        client.login(user.title()[: m.NAME_MAX])  # a long test user id: the name is cut
     return client

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import admin
+from appliance.deploy import accounts, admin
 from testbed import Broker
 
 
@@ -36,9 +36,9 @@ def test_hash_is_byte_for_byte_mosquitto_passwd(tmp_path: Path) -> None:
     user, encoded = line.split(":", 1)
     assert user == "alice"
     salt = base64.b64decode(encoded.split("$")[3])
-    assert admin.hash_password("not-a-secret", salt=salt) == encoded
-    assert admin.verify_password("not-a-secret", encoded)
-    assert not admin.verify_password("not-a-secreT", encoded)
+    assert accounts.hash_password("not-a-secret", salt=salt) == encoded
+    assert accounts.verify_password("not-a-secret", encoded)
+    assert not accounts.verify_password("not-a-secreT", encoded)
 
 
 def test_add_device_writes_secret_and_hash_and_prints_only_paths(
@@ -59,7 +59,7 @@ def test_add_device_writes_secret_and_hash_and_prints_only_paths(
     (line,) = (tmp_path / "passwd").read_text().splitlines()
     name, encoded = line.split(":", 1)
     assert name == "kitchen-pi" and encoded.startswith("$7$101$")
-    assert admin.verify_password(password, encoded)
+    assert accounts.verify_password(password, encoded)
     assert not list(secret.parent.glob(".*"))  # no temp file left behind
 
 
@@ -87,11 +87,11 @@ def test_re_adding_replaces_only_that_line(
     old_password = (tmp_path / "sec" / "a.password").read_text().strip()
     assert run(["add-device", "a", *files(tmp_path)], capsys)[0] == 0
     after = (tmp_path / "passwd").read_text().splitlines()
-    assert admin.users(tmp_path / "passwd") == ["gochat-server", "b", "a"]
+    assert accounts.users(tmp_path / "passwd") == ["gochat-server", "b", "a"]
     assert after[:2] == [before[0], before[2]]  # untouched lines kept verbatim
     new_password = (tmp_path / "sec" / "a.password").read_text().strip()
     assert new_password != old_password
-    assert admin.verify_password(new_password, after[2].split(":", 1)[1])
+    assert accounts.verify_password(new_password, after[2].split(":", 1)[1])
 
 
 def test_remove_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,7 +99,7 @@ def test_remove_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     run(["add-device", "b", *files(tmp_path)], capsys)
     code, out, err = run(["remove-device", "a", *files(tmp_path)], capsys)
     assert (code, err) == (0, "")
-    assert admin.users(tmp_path / "passwd") == ["b"]
+    assert accounts.users(tmp_path / "passwd") == ["b"]
     assert not (tmp_path / "sec" / "a.password").exists()
     code, out, err = run(["remove-device", "a", *files(tmp_path)], capsys)
     assert code == 1 and out == "" and len(err.splitlines()) == 1 and "no user 'a'" in err

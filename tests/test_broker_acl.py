@@ -1,7 +1,7 @@
 """The shipped broker configuration and ACL do exactly what docs/protocol.md section 2 says.
 
 A real Mosquitto runs ``config/mosquitto/mosquitto.conf`` and ``config/mosquitto/acl``
-(only ports and paths changed); accounts come from ``appliance.admin``. Nothing is
+(only ports and paths changed); accounts come from ``appliance.deploy.accounts``. Nothing is
 proven by sleeping: to show a message was *not* delivered, the same publisher then
 sends a sentinel that *is* delivered, and the subscriber's messages up to the
 sentinel are checked (Mosquitto keeps one publisher's order towards a subscriber).

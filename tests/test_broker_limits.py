@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance.brokerconf import SHIPPED_CONF
+from appliance.deploy.brokerconf import SHIPPED_CONF
 from appliance.protocol.models import (
     AttendeeListData,
     Code,

@@ -128,3 +128,44 @@ def test_a_missing_required_key_says_where_it_was_looked_for(tmp_path: Path) -> 
 def test_a_folder_given_as_the_config_file_is_refused(tmp_path: Path, program: str) -> None:
     line = one_line(check_config(program, tmp_path))
     assert f"config file {tmp_path}: a folder, not a file" in line
+
+
+@pytest.mark.parametrize(
+    ("program", "missing", "made_by"),
+    [
+        ("appliance", "broker.tls_ca_file", "gochat-admin ca-init"),
+        ("server", "broker.password_file", "gochat-admin add-device or add-server"),
+    ],
+)
+def test_the_shipped_templates_say_which_step_makes_what_they_miss(
+    program: str, missing: str, made_by: str
+) -> None:
+    """``config/*.toml`` name the installed files, which exist only once the installer's
+    printed steps have run: checking a template says which tool makes the first one
+    missing, and its header says it is a template."""
+    template = Path(__file__).resolve().parents[1] / "config" / f"{program}.toml"
+    line = one_line(check_config(program, template))
+    assert f"invalid config: {missing} (in {template}): no such file: /etc/gochat/" in line
+    assert line.endswith(f", from {made_by})"), line
+    assert "the template scripts/install-pi" in template.read_text()
+
+
+@pytest.mark.parametrize(
+    ("program", "toml", "said"),
+    [
+        ("appliance", "[device]\nuser_idd = 'pi-a'\n", "device.user_idd ({config}): unknown key"
+         " (did you mean device.user_id?)"),
+        ("appliance", "[device]\nuser_id = 'pi-a'\n[devise]\nname = 'a'\n",
+         "devise ({config}): unknown key (did you mean device?)"),
+        ("server", "[broker]\nhots = 'x'\n", "broker.hots ({config}): unknown key"
+         " (did you mean broker.host?)"),
+        ("server", "[store]\nfoo = 1\n", "store.foo ({config}): unknown key ([store] takes: path"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_gets_a_suggestion(
+    tmp_path: Path, program: str, toml: str, said: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    line = one_line(check_config(program, config))
+    assert said.format(config=f"in {config}") in line, line

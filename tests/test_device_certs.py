@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from appliance import admin, brokerconf, ca, pki
+from appliance.deploy import accounts, admin, brokerconf, ca, pki
+from appliance.deploy.files import broker_group
 from appliance.device import main as appliance_cli
 from appliance.device.settings import ApplianceSettings
 from appliance.mqtt import make_client
@@ -93,6 +94,29 @@ def test_enroll_refuses_a_name_that_is_no_user_id(
     assert appliance_cli.main(["enroll", "--device", "gochat-server", "--dir", str(tmp_path)]) == 1
     assert "a server's account" in capsys.readouterr().err
     assert not (tmp_path / "device.key").exists()
+
+
+def test_sign_device_says_what_is_left_to_do_where_it_signed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir, tls = tmp_path / "ca", tmp_path / "root/etc/gochat/tls"
+    assert admin.main(["ca-init", "--ca", str(ca_dir), "--broker-dir", ""]) == 0
+    assert appliance_cli.main(["enroll", "--device", "pi-a", "--dir", str(tls)]) == 0
+    capsys.readouterr()
+    # Signed in place, beside the device's key (a --root trial, a Pi holding its CA):
+    # only the CA's certificate is missing, and it is named where it is.
+    sign = ["sign-device", str(tls / "device.csr"), "--ca", str(ca_dir)]
+    assert admin.main([*sign, "--out", str(tls / "device.crt")]) == 0
+    out = capsys.readouterr().out
+    assert f"install -m 0644 {ca_dir}/ca.crt {tls}/ca.crt" in out, out
+    assert "/etc/gochat/tls/" not in out.replace(str(tls), "") and "systemctl" not in out
+    shutil.copy(ca_dir / "ca.crt", tls / "ca.crt")
+    assert admin.main([*sign, "--out", str(tls / "device.crt")]) == 0
+    assert "it is in place" in capsys.readouterr().out
+    # Signed at the CA, away from the device: the certificate travels to the Pi.
+    assert admin.main([*sign, "--out", str(tmp_path / "pi-a.crt")]) == 0
+    out = capsys.readouterr().out
+    assert "/etc/gochat/tls/" in out and "systemctl restart gochat-appliance" in out
 
 
 def test_a_signed_device_gets_in_as_its_cn(broker: Broker, tmp_path: Path) -> None:
@@ -176,7 +200,7 @@ def test_revoke_cuts_the_open_session_and_logs_the_device_out(
         assert status == 0
         server.wait_until(lambda s: "pi-a" not in s.sessions)
         daemon.wait_status(lambda s: s["connection"] != "online")
-        assert "pi-a" not in admin.users(broker.passwd_path)  # no password left behind
+        assert "pi-a" not in accounts.users(broker.passwd_path)  # no password left behind
         # It tries again 0.5-1 s later, with its revoked certificate: refused.
         deadline = time.monotonic() + 5
         while "certificate verify failed" not in broker.log_text():
@@ -220,7 +244,7 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
     key = broker_dir / "server.key"
     for name in ("ca.crt", "server.crt", "crl.pem"):
         assert stat.S_IMODE((broker_dir / name).stat().st_mode) == 0o644
-    if ca.broker_group() is not None:  # root, and the mosquitto group exists
+    if broker_group() is not None:  # root, and the mosquitto group exists
         assert stat.S_IMODE(key.stat().st_mode) == 0o640
         assert grp.getgrgid(key.stat().st_gid).gr_name == "mosquitto"
     else:
@@ -234,11 +258,42 @@ def test_ca_init_writes_what_mosquitto_reads_with_its_permissions(
         "localhost",
     ]
     first_ca = (ca_dir / "ca.crt").read_bytes()
-    assert f"broker file: {key}" in capsys.readouterr().out
-    # Again, for another name: the CA is kept (issued certificates stay valid).
+    out = capsys.readouterr().out
+    assert f"broker file: {key}" in out and f"CA: {ca_dir}/ca.crt, made;" in out
+    # Again, for another name: the CA is kept (issued certificates stay valid), only
+    # the broker's certificate is new, and it says so.
     assert admin.main([*argv[:3], "--hosts", "broker.example", "--broker-dir", ""]) == 0
     assert (ca_dir / "ca.crt").read_bytes() == first_ca
     assert pki.load_certificate(ca_dir / "server.crt").serial_number != cert.serial_number
+    out = capsys.readouterr().out
+    assert "kept (the certificates it issued stay valid)" in out, out
+    assert "broker certificate: re-issued for broker.example, 127.0.0.1, localhost" in out
+    assert "(was broker.lan, 10.0.0.2, 127.0.0.1, localhost; same key)" in out
+    # And for the same names: nothing is re-issued.
+    assert admin.main([*argv[:3], "--hosts", "broker.example", "--broker-dir", ""]) == 0
+    assert "broker certificate: kept, for broker.example" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "no such file: {path}"),
+        ("hello\n", "{path}: not a PEM certificate request (gochat-appliance enroll makes"),
+        ("-----BEGIN CERTIFICATE REQUEST-----\nxx\n", "{path}: not a PEM certificate request"),
+    ],
+)
+def test_sign_device_on_something_else_than_a_request_says_what_it_wants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, said: str
+) -> None:
+    ca_dir, path = tmp_path / "ca", tmp_path / "device.csr"
+    assert admin.main(["ca-init", "--ca", str(ca_dir), "--broker-dir", ""]) == 0
+    if content is not None:
+        path.write_text(content)
+    capsys.readouterr()
+    assert admin.main(["sign-device", str(path), "--ca", str(ca_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gochat-admin: sign-device: " + said.format(path=path)), err
+    assert len(err.splitlines()) == 1 and "Unable to load" not in err
 
 
 def test_crl_renew_keeps_the_revoked_and_moves_next_update(broker: Broker) -> None:
@@ -253,7 +308,7 @@ def test_crl_renew_keeps_the_revoked_and_moves_next_update(broker: Broker) -> No
     assert after.last_update_utc >= before.last_update_utc
 
 
-@pytest.mark.skipif(ca.broker_group() is None, reason="needs root and a mosquitto group")
+@pytest.mark.skipif(broker_group() is None, reason="needs root and a mosquitto group")
 def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
     """What an operator gets: ``ca-init`` and ``add-device`` as root into the broker's
     directory, the shipped conf with ``user mosquitto``: the broker, having dropped
@@ -270,7 +325,7 @@ def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
         acl.chmod(0o640)
         shutil.chown(acl, group="mosquitto")
         passwd, secrets_dir = broker_dir / "passwd", root / "secrets"
-        admin.add_user(passwd, secrets_dir, "pi-pw")
+        accounts.add_user(passwd, secrets_dir, "pi-pw", broker_group=broker_group())
         ports = {brokerconf.TLS_PORT: free_port(), brokerconf.CERT_PORT: free_port()}
         ports[brokerconf.PLAIN_PORT] = free_port()
         ports |= {brokerconf.WS_PORT: free_port(), brokerconf.WSS_PORT: free_port()}

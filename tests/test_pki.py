@@ -41,9 +41,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from appliance import pki
-from appliance.brokerconf import SHIPPED_ACL
-from appliance.pki import PkiError
+from appliance.deploy import pki
+from appliance.deploy.brokerconf import SHIPPED_ACL
+from appliance.deploy.pki import PkiError
 
 NOW = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 

@@ -182,9 +182,18 @@ def test_a_second_run_refuses_at_once_and_another_port_runs_beside_it(
             assert recording.getnframes() <= 1.1 * recording.getframerate()
 
     assert beside.stop() == 143 and first.stop() == 143  # SIGTERM, each stopped cleanly
+    recorded = {name: (audio / name).read_bytes() for name in ("pi-ann.wav", "pi-ann.1.wav")}
     relaunched = Demo(base, port)
     demos.append(relaunched)
     relaunched.wait_ready()  # the lock went with its holder
+    # The new run goes on with the recordings: nothing the first one kept is lost.
+    before = len(recorded["pi-ann.wav"])
+    deadline = time.monotonic() + 20
+    while (audio / "pi-ann.wav").stat().st_size <= before:
+        assert time.monotonic() < deadline, "the second run did not record"
+        time.sleep(0.2)
+    assert (audio / "pi-ann.1.wav").read_bytes() == recorded["pi-ann.1.wav"]
+    assert (audio / "pi-ann.wav").read_bytes()[44:before] == recorded["pi-ann.wav"][44:]
 
 
 def test_a_port_held_by_another_program_is_named_before_anything_starts(

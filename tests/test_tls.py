@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import brokerconf, ca, pki
+from appliance.deploy import brokerconf, ca, pki
 from appliance.device.events import Connected, Disconnected
 from appliance.device.session import MqttSession
 from appliance.mqtt import LoopDriver, explain_error, make_client

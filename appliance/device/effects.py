@@ -43,6 +43,11 @@ BLINK_TIMES: dict[LedPattern, tuple[float, float]] = {
 }
 """(on, off) seconds of each blinking pattern (docs/device.md, LEDs)."""
 
+REFUSAL_FLASHES = 2
+REFUSAL_FLASH_S = 0.15
+"""A refusal flashes the status LED twice, on and off for this long each time: 3.3 Hz,
+unlike any steady pattern."""
+
 
 @dataclass(frozen=True, slots=True)
 class Leds:

@@ -14,7 +14,7 @@ import os
 import pwd
 from pathlib import Path
 
-from appliance import pki
+from appliance.deploy import pki
 
 DEFAULT_DIR = Path("/etc/gochat/tls")
 SERVICE_USER = "gochat"
@@ -26,7 +26,8 @@ CA_NAME = "ca.crt"
 
 def enroll(name: str, directory: Path = DEFAULT_DIR, *, owner: str = SERVICE_USER) -> Path:
     """Write ``directory/device.key`` (if missing) and ``directory/device.csr``; return
-    the CSR's path. Raises :class:`~appliance.pki.PkiError` for a bad name."""
+    the CSR's path. Raises :class:`~appliance.deploy.pki.PkiError` for a bad name, and
+    :class:`~appliance.deploy.files.DeployError` when the files cannot be written."""
     csr_path = directory / CSR_NAME
     key_path = directory / KEY_NAME
     if key_path.exists():

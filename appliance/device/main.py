@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="The GoChat appliance: a voice-room member with three buttons."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the daemon (systemd: Type=notify)")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon (systemd: Type=notify)",
+        description="Run the appliance: join or host a room as the config says, and turn"
+        " the buttons, LEDs, microphone and speaker into a member of it.",
+    )
     run.add_argument(
         "--config",
         type=Path,
@@ -53,16 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPIO and sound on stand-ins (hw_mocks): press buttons over CoAP",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    check = sub.add_parser("check-config", help='validate a config: prints "ok" or the error')
-    check.add_argument("config", type=Path)
-    console = sub.add_parser("console", help="watch and press appliances over CoAP (curses)")
+    check = sub.add_parser(
+        "check-config",
+        help='validate a config: prints "ok" or the error',
+        description="Validate a configuration as the daemon would at start, environment"
+        ' overrides (GOCHAT_*) included, and the files it names: prints "ok", or one'
+        " line naming the key, where its value came from and why (exit 78).",
+    )
+    check.add_argument("config", type=Path, metavar="FILE", help="e.g. /etc/gochat/appliance.toml")
+    console = sub.add_parser(
+        "console",
+        help="watch and press appliances over CoAP (curses)",
+        description="Watch appliances' LEDs blink live and press their buttons, over their"
+        " local CoAP API (in a terminal; ? shows the keys, q quits).",
+    )
     console.add_argument(
         "--ports",
         default="5683,5684,5685",
         help="comma-separated CoAP ports (default: %(default)s)",
     )
     console.add_argument("--host", default="127.0.0.1", help="CoAP host (default: %(default)s)")
-    status = sub.add_parser("status", help="print an appliance's /status (JSON)")
+    status = sub.add_parser(
+        "status",
+        help="print an appliance's /status (JSON)",
+        description="Print an appliance's /status as JSON: connection, room, role, mic,"
+        " hand, invitation, LEDs and audio counters (exit 1 when it does not answer).",
+    )
     status.add_argument("--port", type=int, default=5683, help="CoAP port (default: %(default)s)")
     status.add_argument("--host", default="127.0.0.1", help="CoAP host (default: %(default)s)")
     status.add_argument(
@@ -74,16 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds to wait with --wait-in-room (default: 15); else at most 2",
     )
-    devices = sub.add_parser("audio-devices", help="list the ALSA devices PortAudio sees")
+    devices = sub.add_parser(
+        "audio-devices",
+        help="list the ALSA devices PortAudio sees",
+        description="List the ALSA devices PortAudio sees: the names for the [audio]"
+        " section's input_device and output_device.",
+    )
     devices.add_argument("--mock-hw", action="store_true", help="list the stand-in devices")
     test = sub.add_parser(
-        "test-audio", help="play a tone, then record a few seconds: check speaker and mic"
+        "test-audio",
+        help="play a tone, then record a few seconds: check speaker and mic",
+        description="Play a 440 Hz tone on the speaker, then record from the microphone"
+        " and report its level and pitch (exit 1 when it heard almost nothing). Reads"
+        " only the [audio] section of the config.",
     )
     test.add_argument("--config", type=Path, default=None, help="take the devices from here")
     test.add_argument("--mock-hw", action="store_true", help="use the stand-in devices")
     test.add_argument("--seconds", type=float, default=3.0, help="recording length")
     test.add_argument("--wav", type=Path, default=None, help="keep the recording here")
-    enroll = sub.add_parser("enroll", help="make this device's TLS key and certificate request")
+    enroll = sub.add_parser(
+        "enroll",
+        help="make this device's TLS key and certificate request",
+        description="Make this device's TLS key (kept if there is one; it never leaves"
+        " the device) and a certificate request for the deployment's CA to sign"
+        " (gochat-admin sign-device).",
+    )
     enroll.add_argument("--device", required=True, help="its user id (the certificate's CN)")
     enroll.add_argument(
         "--dir", type=Path, default=Path("/etc/gochat/tls"), help="default: %(default)s"
@@ -97,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "status":
-        from appliance.device.console import status_command
+        from appliance.tools.console import status_command
 
         return status_command(
             args.host, args.port, wait_in_room=args.wait_in_room, timeout_s=args.timeout
         )
     if args.command == "console":
-        from appliance.device.console import run_console
+        from appliance.tools.console import run_console
 
         return run_console(args.host, args.ports)
     if args.command == "enroll":
@@ -143,21 +179,23 @@ def _audio_command(args: argparse.Namespace) -> int:
         return 69
     print(f"level {heard.level_dbfs:.1f} dBFS, dominant frequency {heard.dominant_hz:.0f} Hz")
     if heard.level_dbfs < SILENT_DBFS:
-        print(
-            "the microphone heard (almost) nothing: is it connected and unmuted (alsamixer)?",
-            file=sys.stderr,
+        why = (
+            f"the stand-in hears GOCHAT_AUDIO__MOCK_INPUT ({audio.mock_input!r} now), e.g. tone:440"
+            if args.mock_hw
+            else "is it connected and unmuted (alsamixer)?"
         )
+        print(f"the microphone heard (almost) nothing: {why}", file=sys.stderr)
         return 1
     return 0
 
 
 def _enroll(name: str, directory: Path) -> int:
+    from appliance.deploy.files import DeployError
     from appliance.device.enroll import CERT_NAME, enroll
-    from appliance.pki import PkiError
 
     try:
         csr = enroll(name, directory)
-    except (PkiError, OSError) as exc:
+    except (DeployError, OSError) as exc:  # a bad name (PkiError is one), or the files
         print(f"{PROG}: enroll: {exc}", file=sys.stderr)
         return 1
     print(f"key: {directory / 'device.key'} (stays on this device)")

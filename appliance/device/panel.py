@@ -24,16 +24,20 @@ from typing import Any
 
 from gpiozero import LED, DigitalInputDevice
 
-from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName, LedPattern, Leds
+from appliance.device.effects import (
+    BLINK_TIMES,
+    LED_NAMES,
+    REFUSAL_FLASH_S,
+    REFUSAL_FLASHES,
+    LedName,
+    LedPattern,
+    Leds,
+)
 from appliance.device.events import BUTTONS, ButtonName, Gesture
 from appliance.device.gestures import GestureDetector
 
 EdgeSink = Callable[[ButtonName, bool, float], None]
 """Receives ``(button, pressed, monotonic_time)`` for every raw edge."""
-
-FLASHES = 2
-DEFAULT_FLASH_S = 0.15
-"""Half-period of a refusal flash: 3.3 Hz, unlike any steady pattern."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,7 @@ class Panel:
         pins: PanelPins | None = None,
         pin_factory: Any = None,
         clock: Callable[[], float] = time.monotonic,
-        flash_s: float = DEFAULT_FLASH_S,
+        flash_s: float = REFUSAL_FLASH_S,
     ) -> None:
         self.pins = pins if pins is not None else PanelPins()
         self._on_edge = on_edge
@@ -146,8 +150,8 @@ class Panel:
                 return
             if self._flash is not None:
                 self._flash.cancel()
-            self._leds["status"].blink(self._flash_s, self._flash_s, n=FLASHES)
-            timer = threading.Timer(2 * FLASHES * self._flash_s, self._end_flash)
+            self._leds["status"].blink(self._flash_s, self._flash_s, n=REFUSAL_FLASHES)
+            timer = threading.Timer(2 * REFUSAL_FLASHES * self._flash_s, self._end_flash)
             timer.daemon = True
             self._flash = timer
             timer.start()

@@ -21,13 +21,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
-from appliance import pki
 from appliance.audio.config import AudioConfig
+from appliance.deploy import pki
+from appliance.protocol.models import NAME_MAX
 from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
 from appliance.settings import BrokerSettings, FileSettings, Section
 
 DEFAULT_CONFIG_PATH = Path("/etc/gochat/appliance.toml")
-NAME_MAX = 32
 SUBJECT_MAX = 64
 BCM_MAX = 27
 MOCK_TONE_RE = re.compile(r"tone:\d+(\.\d+)?(:(0(\.\d+)?|1(\.0+)?))?")

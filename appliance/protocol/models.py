@@ -25,6 +25,8 @@ SESSION_TTL_S = 30
 INVITATION_TTL_S = 30
 RATE_LIMIT_PER_S = 20
 RAISED_HANDS_SHOWN = 50
+NAME_MAX = 32
+"""A display name's longest, in characters (``login``)."""
 
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 """Unicode categories refused in text meant to be shown (docs/protocol.md 3.8): control
@@ -212,7 +214,7 @@ class RoomState(Received):
 
 class LoginRequest(Request):
     method = Method.LOGIN
-    name: ShowableText = Field(min_length=1, max_length=32)
+    name: ShowableText = Field(min_length=1, max_length=NAME_MAX)
 
 
 class LogoutRequest(Request):

@@ -1,7 +1,8 @@
-"""``gochat-server --config FILE``: load, connect, serve until SIGTERM/SIGINT.
+"""``gochat-server``: the business server, and ``gochat-server check-config FILE``.
 
-``gochat-server check-config FILE`` validates a configuration: prints ``ok``, or the
-one-line error and exits 78, as the server would at start.
+``gochat-server --config FILE`` loads, connects and serves until SIGTERM or SIGINT;
+``check-config`` validates a configuration as the server would at start: it prints
+``ok``, or the one-line error and exits 78.
 """
 
 from __future__ import annotations
@@ -21,6 +22,38 @@ from appliance.service import notify, watchdog_interval_s
 from appliance.settings import EX_CONFIG, ConfigError
 
 log = logging.getLogger("gochat.server")
+PROG = "gochat-server"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``gochat-server [--config FILE]``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [-h] [--config FILE]\n       {PROG} check-config [-h] FILE",
+        description="The GoChat business server: users, rooms, seats, microphones, raised"
+        " hands and invitations, over MQTT through the broker. Serves until SIGTERM or"
+        " SIGINT.",
+        epilog=f"{PROG} check-config FILE validates a configuration without serving.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config (e.g. /etc/gochat/server.toml; env GOCHAT_* overrides it)",
+    )
+    return parser
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    """``gochat-server check-config FILE``."""
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} check-config",
+        description="Validate a server configuration as the server would at start,"
+        ' environment overrides (GOCHAT_*) included, and the files it names: prints "ok",'
+        " or one line naming the key, where its value came from and why (exit 78).",
+    )
+    parser.add_argument("config", type=Path, metavar="FILE", help="e.g. /etc/gochat/server.toml")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,13 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check-config"]:
         return _check_config(argv[1:])
-    parser = argparse.ArgumentParser(prog="gochat-server", description=__doc__)
-    parser.add_argument("--config", type=Path, help="TOML config (env GOCHAT_* overrides)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = ServerSettings.load(args.config)
     except ConfigError as exc:
-        print(f"gochat-server: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG
     logging.basicConfig(
         level=settings.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -42,22 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = Store(settings.store.path)
     except StoreError as exc:
-        print(f"gochat-server: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG
     asyncio.run(serve(settings, store))
     return 0
 
 
 def _check_config(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="gochat-server check-config", description="validate a server configuration"
-    )
-    parser.add_argument("config", type=Path)
-    args = parser.parse_args(argv)
+    args = build_check_parser().parse_args(argv)
     try:
         ServerSettings.load(args.config)
     except ConfigError as exc:
-        print(f"gochat-server: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG
     print("ok")
     return 0

@@ -158,10 +158,8 @@ def test_a_bounded_recording_is_a_ring_of_two_files_holding_the_latest_audio(
     tmp_path: Path,
 ) -> None:
     """keep_s = 4 blocks: the oldest blocks go, at least the last 4 stay, in order."""
-    (tmp_path / "out.1.wav").write_bytes(b"an earlier run's")
     keep_s = 4 * BLOCK / RATE
     recorder = mock.WavRecorder(tmp_path / "out.wav", RATE, keep_s)
-    assert not (tmp_path / "out.1.wav").exists()  # not this run's audio
     blocks = [np.full(BLOCK, i, dtype=np.int16) for i in range(11)]
     for block in blocks:
         recorder.write(block.tobytes())
@@ -174,6 +172,33 @@ def test_a_bounded_recording_is_a_ring_of_two_files_holding_the_latest_audio(
     # blocks 0-3 filled the first file, 4-7 the second (now out.1.wav), 8-10 the third
     assert np.array_equal(kept, np.concatenate(blocks[4:])) and len(kept) >= 4 * BLOCK
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.1.wav", "out.wav"]
+
+
+def test_a_bounded_recording_goes_on_across_runs(tmp_path: Path) -> None:
+    """A second run keeps the first run's audio: it appends to out.wav (a half-written
+    last sample dropped), and the ring still holds at least the last keep_s."""
+    keep_s = 4 * BLOCK / RATE
+    blocks = [np.full(BLOCK, i, dtype=np.int16) for i in range(1, 11)]
+    first = mock.WavRecorder(tmp_path / "out.wav", RATE, keep_s)
+    for block in blocks[:3]:
+        first.write(block.tobytes())
+    first.close()
+    with (tmp_path / "out.wav").open("ab") as killed_mid_write:
+        killed_mid_write.write(b"\x07")
+    second = mock.WavRecorder(tmp_path / "out.wav", RATE, keep_s)
+    assert second.frames == 3 * BLOCK
+    for block in blocks[3:6]:
+        second.write(block.tobytes())
+    second.close()
+    previous, _ = read_wav(tmp_path / "out.1.wav")
+    current, _ = read_wav(tmp_path / "out.wav")
+    assert np.array_equal(np.concatenate([previous, current]), np.concatenate(blocks[:6]))
+    # A run at another rate cannot append: the earlier recording is set aside whole.
+    third = mock.WavRecorder(tmp_path / "out.wav", 16_000, keep_s)
+    third.write(np.full(320, 99, dtype=np.int16).tobytes())
+    third.close()
+    assert np.array_equal(read_wav(tmp_path / "out.1.wav")[0], current)
+    assert read_wav(tmp_path / "out.wav")[1] == 16_000
 
 
 def test_devices_look_like_portaudio() -> None:

@@ -77,6 +77,7 @@ def test_test_audio_needs_no_broker_credentials_and_fails_on_a_silent_microphone
     assert "password" not in silent.stderr
     assert "level -inf dBFS" in silent.stdout
     assert "the microphone heard (almost) nothing" in silent.stderr
+    assert "the stand-in hears GOCHAT_AUDIO__MOCK_INPUT ('silence' now)" in silent.stderr
 
     heard = appliance(*args, env={"GOCHAT_AUDIO__MOCK_INPUT": "tone:440"})
     assert heard.returncode == 0, heard.stderr

@@ -1,7 +1,7 @@
 """The console end to end: keys typed into it drive real appliances in a real room.
 
 Three in-process daemons (mock GPIO) join a room on a real broker and server; a
-:class:`~appliance.device.console.Console` watches them over CoAP on its own thread and
+:class:`~appliance.tools.console.Console` watches them over CoAP on its own thread and
 draws on an 80x24 stand-in terminal (the only thing stood in: a curses window). Each
 step types keys, then checks the devices' own ``/status`` and what the screen shows.
 """
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from appliance.device.console import HELP_LINE, Console, DeviceView
+from appliance.tools.console import HELP_LINE, Console, DeviceView
 from testbed.daemons import CoapClient, InProcessDaemon, free_udp_port, wait_until
 from testbed.server import RunningServer
 
@@ -111,6 +111,7 @@ def test_a_host_picks_a_member_and_invites_mutes_and_removes_them_with_keys(
     host, ann, _ = room
     _, terminal = console
     screen_shows(terminal, "▶[1] pi-host", HELP_LINE.strip())
+    screen_shows(terminal, "room   Console room", f"id     {host.status['room_id']}")
 
     # Device 1 (the host) is selected; p picks the first other member: pi-ann.
     terminal.type("p")

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from appliance.device.console import (
+from appliance.protocol.models import printable
+from appliance.tools.console import (
     FLASH_S,
     HELP_LINE,
     LEGEND,
@@ -34,7 +35,6 @@ from appliance.device.console import (
     render_device,
     room_members,
 )
-from appliance.protocol.models import printable
 
 
 def status(**changes: Any) -> dict[str, Any]:
@@ -125,6 +125,21 @@ def test_a_device_block_shows_everything_a_person_needs() -> None:
     assert [g for line in later for g, _ in line if g in "●○"] == ["●", "●", "○", "○"]
 
 
+def test_a_device_block_names_its_room_by_subject_once_known() -> None:
+    view = DeviceView(5684, status(), error=None)
+
+    def shown() -> list[str]:
+        return [" ".join(line_text(x).split()) for x in render_device(view, 1, True, 0.0, 24)]
+
+    assert "room room-1" in shown()  # the subject is not known yet: the id
+    view.subject = ("room-1", "Morning room")
+    assert "room Morning room" in shown() and "id room-1" in shown()
+    view.status = status(room_id="room-2")  # it moved: that subject is not this room's
+    assert "room room-2" in shown() and not any("Morning" in line for line in shown())
+    view.status = status(room_id=None)
+    assert "room —" in shown()
+
+
 def test_names_and_ids_too_long_for_a_column_are_cut_with_an_ellipsis() -> None:
     long = status(user_id="pi-" + "x" * 60, room_id="r" * 32)
     lines = [line_text(x) for x in render_device(DeviceView(5683, long), 0, False, 0.0, 24)]
@@ -191,11 +206,15 @@ REFUSAL = "refused: " + "the room is closing and nobody may take the stage now; 
 
 def three_devices() -> list[DeviceView]:
     host = status(user_id="pi-host", role="host", mic_on=True, hand_raised=False, invitation=None)
-    return [
+    bob = status(user_id="pi-bob", role="speaker", hand_raised=False)
+    views = [
         DeviceView(5683, host, error=None, last=f"accept short: {REFUSAL}", last_bad=True),
         DeviceView(5684, status(), error=None),
-        DeviceView(5685, status(user_id="pi-bob", role="speaker", hand_raised=False), error=None),
+        DeviceView(5685, bob, error=None),
     ]
+    for view in views:
+        view.subject = ("room-1", "Morning room")
+    return views
 
 
 def test_at_80x24_everything_fits_with_a_long_refusal_shown_whole() -> None:

@@ -11,21 +11,21 @@ One directory holds everything (docs/security.md)::
 
 :func:`init_ca` is idempotent: an existing CA is kept (re-running never invalidates
 the certificates already issued); the broker's certificate is re-issued only when asked
-for other hosts. :mod:`appliance.pki` does the cryptography.
+for other hosts. :mod:`appliance.deploy.pki` does the cryptography.
 """
 
 from __future__ import annotations
 
-import grp
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from appliance import pki
-from appliance.brokerconf import TlsFiles
+from appliance.deploy import pki
+from appliance.deploy.brokerconf import TlsFiles
 from appliance.protocol.topics import is_user_id
 
 CA_KEY = "ca.key"
@@ -34,7 +34,6 @@ SERVER_KEY = "server.key"
 SERVER_CERT = "server.crt"
 CRL = "crl.pem"
 ISSUED = "issued"
-BROKER_GROUP = "mosquitto"
 
 
 def tls_files(directory: Path) -> TlsFiles:
@@ -47,48 +46,61 @@ def tls_files(directory: Path) -> TlsFiles:
     )
 
 
-def broker_group() -> str | None:
-    """``mosquitto`` when we are root and that group exists: the broker, dropping root,
-    must read its key (0640). None otherwise (a developer's own broker runs as them)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        grp.getgrnam(BROKER_GROUP)
-    except KeyError:
-        return None
-    return BROKER_GROUP
+@dataclass(frozen=True, slots=True)
+class CaInit:
+    """What :func:`init_ca` found and did."""
+
+    files: TlsFiles
+    ca_made: bool
+    """A new CA (else the one there was kept, and what it issued stays valid)."""
+    broker_cert: Literal["made", "re-issued", "kept"]
+    hosts: tuple[str, ...]
+    """The names the broker's certificate is for."""
+    previous_hosts: tuple[str, ...] = ()
+    """When re-issued: the names it was for."""
 
 
 def init_ca(
     directory: Path, hosts: Sequence[str] = pki.DEFAULT_HOSTS, *, group: str | None = None
-) -> TlsFiles:
+) -> CaInit:
     """Create what is missing of the CA, the broker's key and certificate and the CRL.
 
     A broker certificate that does not name exactly ``hosts`` is re-issued (same key).
-    ``group``: the broker key's group (see :func:`broker_group`).
+    ``group``: the broker key's group
+    (:func:`appliance.deploy.files.broker_group`).
     """
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)  # the CA's key lives here
     files = tls_files(directory)
-    ca_key_path = directory / CA_KEY
-    if ca_key_path.exists() and files.ca.exists():
-        ca_key, ca_cert = pki.load_private_key(ca_key_path), pki.load_certificate(files.ca)
-    else:
-        ca_key, ca_cert = pki.create_ca()
-        pki.save_private_key(ca_key_path, ca_key)
-        pki.save_pem(files.ca, ca_cert)
-        for stale in (files.cert, files.crl):
-            stale.unlink(missing_ok=True)  # signed by a CA that is gone
-    if not files.cert.exists() or sorted(_hosts_of(pki.load_certificate(files.cert))) != sorted(
-        hosts
-    ):
+    ca_key, ca_cert, ca_made = _load_or_create(directory, files)
+    previous = tuple(_hosts_of(pki.load_certificate(files.cert))) if files.cert.exists() else ()
+    same = sorted(previous) == sorted(hosts)
+    if not same:
         key = pki.load_private_key(files.key) if files.key.exists() else None
         server_key, server_cert = pki.issue_server_cert(ca_key, ca_cert, hosts, key=key)
         pki.save_private_key(files.key, server_key, group=group)
         pki.save_pem(files.cert, server_cert, group=group)
     if not files.crl.exists():
         pki.save_pem(files.crl, pki.revoke(ca_key, ca_cert), group=group)
-    return files
+    cert: Literal["made", "re-issued", "kept"] = (
+        "kept" if same else "re-issued" if previous else "made"
+    )
+    return CaInit(files, ca_made, cert, tuple(hosts), () if same else previous)
+
+
+def _load_or_create(
+    directory: Path, files: TlsFiles
+) -> tuple[pki.PrivateKey, x509.Certificate, bool]:
+    """The CA in ``directory``, made if there is none; whether it was made."""
+    ca_key_path = directory / CA_KEY
+    if ca_key_path.exists() and files.ca.exists():
+        return pki.load_private_key(ca_key_path), pki.load_certificate(files.ca), False
+    ca_key, ca_cert = pki.create_ca()
+    pki.save_private_key(ca_key_path, ca_key)
+    pki.save_pem(files.ca, ca_cert)
+    for stale in (files.cert, files.crl):
+        stale.unlink(missing_ok=True)  # signed by a CA that is gone
+    return ca_key, ca_cert, True
 
 
 def _hosts_of(cert: x509.Certificate) -> list[str]:
@@ -121,7 +133,7 @@ def sign_device(
 def revoke_device(directory: Path, name: str, *, group: str | None = None) -> int:
     """Add every certificate issued to ``name`` to the CRL; return how many.
 
-    Raises :class:`~appliance.pki.PkiError` if the CA never issued one to ``name``.
+    Raises :class:`~appliance.deploy.pki.PkiError` if the CA never issued one to ``name``.
     """
     if not is_user_id(name):
         raise pki.PkiError(f"invalid device name {name!r}")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "mosquitto"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
 SHIPPED_CONF = REPO_CONFIG / "mosquitto.conf"
 SHIPPED_ACL = REPO_CONFIG / "acl"
 LOOPBACK = "127.0.0.1"

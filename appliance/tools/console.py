@@ -2,9 +2,10 @@
 
 A small curses UI (stdlib only) over each appliance's CoAP API: it Observes
 ``/status`` of every port given and draws, per device, who it is, its connection,
-room, role, microphone, hand and invitation, and its four LEDs as coloured ●/○ that
-blink at their real rates. Keys press the selected device's buttons through
-``POST /buttons/{name}``, exactly as a finger on the box would, and let a host pick
+room (its subject, from ``/rooms``, and its id), role, microphone, hand and
+invitation, and its four LEDs as coloured ●/○ that blink at their real rates. Keys
+press the selected device's buttons through ``POST /buttons/{name}``, exactly as a
+finger on the box would, and let a host pick
 another member of its room and invite, mute or remove them (``POST /host/{action}``).
 What each key did is shown below the devices, whole: a refusal's reason is wrapped,
 never cut, and a refused press flashes the status LED on screen as on the box.
@@ -26,11 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from appliance.device.coap_client import CoapClient, Reply
-from appliance.device.effects import BLINK_TIMES, LED_NAMES, LedName
+from appliance.device.effects import (
+    BLINK_TIMES,
+    LED_NAMES,
+    REFUSAL_FLASH_S,
+    REFUSAL_FLASHES,
+    LedName,
+)
 from appliance.device.events import ButtonName, HostActionName, PressKind
-from appliance.device.panel import DEFAULT_FLASH_S, FLASHES
 from appliance.protocol.models import printable
+from appliance.tools.coap_client import CoapClient, Reply
 
 FRAME_S = 0.04
 """Redraw period: 25 frames/s, fine enough for the 5 Hz fast blink."""
@@ -44,13 +50,19 @@ REFUSALS_S = 0.3
 the box, a sent press the server refused): within a flash's length (0.6 s)."""
 HOST_TIMEOUT_S = 20.0
 """A host action answers once the server did; the device gives up after 15 s."""
+SUBJECTS_S = 1.0
+"""How often the console looks for rooms whose subject it does not know yet."""
+SUBJECT_RETRY_S = 10.0
+"""A room missing from the list (closed meanwhile) is looked for again this much later."""
+ROOM_PAGES = 10
+"""At most this many pages of ``/rooms`` (100 rooms each) are read for a subject."""
 STATUS_TIMEOUT_S = 2.0
 """How long ``status`` (without ``--wait-in-room``) waits for an answer."""
 COLUMN_WIDTH = 40
 """Widest a device's column gets."""
 MIN_COLUMN_WIDTH = 26
 """Narrowest: three devices side by side on an 80-column terminal."""
-FLASH_S = 2 * FLASHES * DEFAULT_FLASH_S
+FLASH_S = 2 * REFUSAL_FLASHES * REFUSAL_FLASH_S
 """A refusal flash on screen lasts as long as on the box (0.6 s)."""
 
 Style = Literal[
@@ -197,6 +209,14 @@ class DeviceView:
     box_refusal_at: float | None = None
     """A rise of the counter not (yet) matched with a press of the console."""
     seen_at: float = field(default=0.0)
+    subject: tuple[str, str] | None = None
+    """The subject of a room it was seen in, as ``(room_id, subject)``."""
+
+    @property
+    def room_id(self) -> str | None:
+        """The room it is in, once it answered (with one)."""
+        room_id = self.status.get("room_id") if self.status else None
+        return None if room_id is None else str(room_id)
 
     @property
     def user_id(self) -> str | None:
@@ -229,7 +249,7 @@ def flash_lit(flash_at: float | None, now: float) -> bool | None:
     """During a refusal flash, whether the status LED is lit; None outside one."""
     if flash_at is None or not 0.0 <= now - flash_at < FLASH_S:
         return None
-    return (now - flash_at) % (2 * DEFAULT_FLASH_S) < DEFAULT_FLASH_S
+    return (now - flash_at) % (2 * REFUSAL_FLASH_S) < REFUSAL_FLASH_S
 
 
 MATCH_S = 1.0
@@ -371,7 +391,7 @@ def render_device(
     lines: list[Line] = [
         head,
         [(_cut(f"  {connection} · {role}", width), "good" if connection == "online" else "warn")],
-        _field("room", _short(status.get("room_id")), width),
+        *_room_lines(view, width),
         _field("mic", "on" if status.get("mic_on") else "off", width),
         _field("hand", "raised" if status.get("hand_raised") else "down", width),
         _field("invite", _invitation(status.get("invitation")), width),
@@ -392,8 +412,14 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
-def _short(room_id: object) -> str:
-    return "—" if room_id is None else str(room_id)
+def _room_lines(view: DeviceView, width: int) -> list[Line]:
+    """The room by its subject, and its id below, once the subject is known."""
+    room_id = view.room_id
+    if room_id is None:
+        return [_field("room", "—", width)]
+    if view.subject is None or view.subject[0] != room_id:
+        return [_field("room", room_id, width)]
+    return [_field("room", view.subject[1], width), _field("id", room_id, width)]
 
 
 def _invitation(invitation: object) -> str:
@@ -513,6 +539,7 @@ class Console:
         self._client = await CoapClient.create()
         tasks = [asyncio.create_task(self._watch(view)) for view in self.views]
         tasks += [asyncio.create_task(self._refusals(view)) for view in self.views]
+        tasks.append(asyncio.create_task(self._subjects()))
         try:
             while not self.quit:
                 self._keys(screen)
@@ -639,6 +666,41 @@ class Console:
                     if isinstance(count, int):
                         note_refusals(view, count, time.time())
             await asyncio.sleep(REFUSALS_S)
+
+    async def _subjects(self) -> None:
+        """Learn the subject of every room a device is in, from that device's ``/rooms``
+        (``/status`` names a room by its id only)."""
+        known: dict[str, str] = {}
+        asked: dict[str, float] = {}  # room id -> when it was last looked for
+        while True:
+            for view in self.views:
+                room_id = view.room_id
+                if room_id is None or (view.subject and view.subject[0] == room_id):
+                    continue
+                due = asked.get(room_id, -SUBJECT_RETRY_S) + SUBJECT_RETRY_S
+                if room_id not in known and time.monotonic() >= due:
+                    asked[room_id] = time.monotonic()
+                    with contextlib.suppress(Exception):  # a device away: _watch says so
+                        known.update(await self._room_subjects(view.port, room_id))
+                if room_id in known:
+                    view.subject = (room_id, known[room_id])
+            await asyncio.sleep(SUBJECTS_S)
+
+    async def _room_subjects(self, port: int, wanted: str) -> dict[str, str]:
+        """Subjects by room id from a device's ``/rooms``, page by page until ``wanted``."""
+        found: dict[str, str] = {}
+        cursor: str | None = ""
+        for _ in range(ROOM_PAGES):
+            query = f"?page_size=100&cursor={cursor}" if cursor else "?page_size=100"
+            reply = await self._request(port, "GET", f"/rooms{query}")
+            body = reply.body if reply.ok and isinstance(reply.body, dict) else {}
+            for room in body.get("rooms") or []:
+                if isinstance(room, dict) and "room_id" in room and "subject" in room:
+                    found[str(room["room_id"])] = str(room["subject"])
+            cursor = body.get("next_cursor")
+            if wanted in found or not isinstance(cursor, str) or not cursor:
+                break
+        return found
 
     async def _poll(self, view: DeviceView) -> None:
         while True:

@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import grp
 import ipaddress
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -48,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.deploy.files import DeployError, write_atomic
 from appliance.protocol.topics import SERVER_USER_ID, is_server_account, is_user_id
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
@@ -64,7 +62,7 @@ PrivateKey = ec.EllipticCurvePrivateKey
 Signable = x509.Certificate | x509.CertificateSigningRequest | x509.CertificateRevocationList
 
 
-class PkiError(ValueError):
+class PkiError(DeployError, ValueError):
     """A refused request (a bad CSR, a wrong key type, ...); one line for the operator."""
 
 
@@ -294,26 +292,28 @@ def save_private_key(path: Path, key: PrivateKey, *, group: str | None = None) -
 
     ``group``: also readable by that group (mode 0640), e.g. ``mosquitto`` for the
     broker's own key, which Mosquitto reads after dropping root. Needs root (or
-    membership of the group) to set; :class:`PermissionError` otherwise.
+    membership of the group) to set; :class:`~appliance.deploy.files.DeployError`
+    otherwise.
     """
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(path, pem, 0o640 if group else 0o600, group)
+    write_atomic(path, pem, 0o640 if group else 0o600, group)
 
 
 def save_pem(path: Path, obj: Signable, *, group: str | None = None) -> None:
     """Write a certificate, CSR or CRL as PEM, atomically, mode 0644 (public data;
     ``group`` only sets the group owner)."""
-    _write_atomic(path, obj.public_bytes(serialization.Encoding.PEM), 0o644, group)
+    write_atomic(path, obj.public_bytes(serialization.Encoding.PEM), 0o644, group)
 
 
 def load_private_key(path: Path) -> PrivateKey:
     """Read an unencrypted PEM private key (P-256); :class:`PkiError` otherwise."""
+    data = _read(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise PkiError(f"{path}: not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != CURVE.name:
@@ -322,35 +322,38 @@ def load_private_key(path: Path) -> PrivateKey:
 
 
 def load_certificate(path: Path) -> x509.Certificate:
-    """Read a PEM certificate."""
-    return x509.load_pem_x509_certificate(path.read_bytes())
+    """Read a PEM certificate; :class:`PkiError` otherwise."""
+    data = _read(path)
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise PkiError(f"{path}: not a PEM certificate") from None
 
 
 def load_csr(path: Path) -> x509.CertificateSigningRequest:
-    """Read a PEM certificate signing request."""
-    return x509.load_pem_x509_csr(path.read_bytes())
+    """Read a PEM certificate signing request; :class:`PkiError` otherwise."""
+    data = _read(path)
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError:
+        raise PkiError(
+            f"{path}: not a PEM certificate request (gochat-appliance enroll makes device.csr)"
+        ) from None
 
 
 def load_crl(path: Path) -> x509.CertificateRevocationList:
-    """Read a PEM CRL."""
-    return x509.load_pem_x509_crl(path.read_bytes())
-
-
-def _write_atomic(path: Path, data: bytes, mode: int, group: str | None) -> None:
-    """Write via a temp file created with ``mode`` (never wider, even for a moment)
-    in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    """Read a PEM CRL; :class:`PkiError` otherwise."""
+    data = _read(path)
     try:
-        with os.fdopen(fd, "wb") as out:
-            if group is not None:
-                os.fchown(out.fileno(), -1, grp.getgrnam(group).gr_gid)
-            os.fchmod(out.fileno(), mode)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        return x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise PkiError(f"{path}: not a PEM certificate revocation list") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise PkiError(f"{path}: a folder, not a file") from None
