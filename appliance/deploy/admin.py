@@ -376,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 remove_user(passwd, secret_dir, name, broker_group=group)
                 print(f"removed {name} from {passwd}")
                 return 0
-            reader_group = getattr(args, "group", None)  # add-user's secret is the person's
-            secret = add_user(passwd, secret_dir, name, broker_group=group, reader_group=reader_group)
+            reader = getattr(args, "group", None)  # add-user's secret is the person's
+            secret = add_user(passwd, secret_dir, name, broker_group=group, reader_group=reader)
     except DeployError as exc:
         print(f"gochat-admin: {exc}", file=sys.stderr)
         return EX_USAGE if isinstance(exc, InvalidNameError) else EX_FAILURE
