@@ -17,9 +17,10 @@ STAMP := $(VENV)/.installed
 # Run-time and build dependencies from the OS: the broker and its clients, Opus,
 # PortAudio headers (PyAudio builds from source against them), a speech synthesiser
 # and sox for test audio, ALSA utilities, and what building a wheel needs; systemd
-# (for `systemd-analyze verify` of the units) and shellcheck for the tests.
+# (for `systemd-analyze verify` of the units) and shellcheck for the tests; PostgreSQL,
+# whose throwaway clusters the scale-out tests start as they start Mosquitto.
 APT_PACKAGES := mosquitto mosquitto-clients libopus0 portaudio19-dev espeak-ng sox \
-	alsa-utils python3-venv python3-dev build-essential systemd shellcheck
+	alsa-utils python3-venv python3-dev build-essential systemd shellcheck postgresql
 
 .PHONY: help venv system-packages test lint run install clean distclean
 
@@ -56,7 +57,7 @@ $(BIN)/python:
 # directory's mtime changed.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off \
-		-e '.[dev,audio]'
+		-e '.[dev,audio,postgres]'
 	@touch $@
 
 lint: venv

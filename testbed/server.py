@@ -24,7 +24,7 @@ from appliance.protocol.topics import SERVER_USER_ID
 from appliance.server.app import Server
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings, StoreSettings
-from appliance.server.store import Store
+from appliance.server.store import open_store
 
 from .broker import Broker
 
@@ -90,7 +90,7 @@ class RunningServer:
 
     async def _main(self) -> None:
         service = self._new_service()
-        store = Store(self.settings.store.path)
+        store = open_store(self.settings.store, self.settings.username)
         store.load_into(service)
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()

@@ -36,9 +36,19 @@ class RateLimiter:
     """
 
     def __init__(self, per_second: int = RATE_LIMIT_PER_S, window_s: float = 1.0) -> None:
+        self.limit = per_second
         self.per_second = per_second
         self.window_s = window_s
         self._users: dict[str, _Window] = {}
+
+    def share(self, instances: int) -> None:
+        """Enforce this instance's share of the limit when ``instances`` servers take
+        requests from one shared subscription: the broker deals each user's requests
+        out among them in turn, so shares of ``limit / instances`` add up to the limit."""
+        per_second = max(1, -(-self.limit // max(1, instances)))
+        if per_second != self.per_second:
+            self.per_second = per_second
+            self._users.clear()  # windows are sized by the old share
 
     def check(self, user_id: str, now: float) -> Verdict:
         """Count one request from ``user_id`` at ``now`` and say what to do with it."""

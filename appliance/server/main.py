@@ -16,7 +16,7 @@ from pathlib import Path
 from appliance.server.app import Server
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings
-from appliance.server.store import Store, StoreError
+from appliance.server.store import Store, StoreError, open_store
 from appliance.service import notify, watchdog_interval_s
 from appliance.settings import EX_CONFIG, ConfigError
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        store = Store(settings.store.path)
+        store = open_store(settings.store, settings.username)
     except StoreError as exc:
         print(f"gochat-server: {exc}", file=sys.stderr)
         return EX_CONFIG
