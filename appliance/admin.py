@@ -49,11 +49,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from appliance import brokerconf, ca, pki, revocation
-from appliance.protocol.topics import SERVER_USER_ID, is_user_id
+from appliance.protocol.topics import (
+    SERVER_USER_ID,
+    is_server_account,
+    is_user_id,
+    server_account,
+)
 from appliance.settings import BrokerSettings
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
 DEFAULT_SECRET_DIR = Path("/etc/gochat/credentials")
+DEFAULT_ACL_FILE = Path("/etc/mosquitto/gochat/acl")
+SERVER_GRANT = "topic readwrite gochat/#"  # what a server account may do (the ACL)
 DEFAULT_CA_DIR = Path("/etc/gochat/ca")
 DEFAULT_BROKER_DIR = Path("/etc/mosquitto/gochat")
 DEFAULT_PID_FILE = Path("/run/mosquitto/mosquitto.pid")
@@ -182,6 +189,18 @@ def remove_user(
         _write_passwd(passwd_path, kept, gid)
     if secret_dir is not None:
         secret_path(secret_dir, name).unlink(missing_ok=True)
+
+
+def grant_server(acl_path: Path, name: str) -> bool:
+    """Give server account ``name`` its ACL entry (``user NAME`` and
+    :data:`SERVER_GRANT`), unless it has one; True if the file changed."""
+    lines = acl_path.read_text(encoding="utf-8").splitlines()
+    if f"user {name}" in (line.strip() for line in lines):
+        return False
+    text = "\n".join([*lines, "", f"user {name}", SERVER_GRANT, ""])
+    st = acl_path.stat()
+    _atomic_write(acl_path, text.encode(), st.st_mode & 0o777, st.st_gid)
+    return True
 
 
 def users(passwd_path: Path) -> list[str]:
@@ -356,7 +375,23 @@ def _parser() -> argparse.ArgumentParser:
     add_device.add_argument("name", metavar="NAME", help="the device's user id")
     files(add_device)
     reader(add_device)
-    add_server = sub.add_parser("add-server", help=f"create or re-key the {SERVER_USER_ID} account")
+    add_server = sub.add_parser(
+        "add-server", help=f"create or re-key a server instance's account ({SERVER_USER_ID}[-N])"
+    )
+    add_server.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"instance N >= 2 is {SERVER_USER_ID}-N, given its ACL entry too (default 1)",
+    )
+    add_server.add_argument(
+        "--acl-file",
+        type=Path,
+        metavar="PATH",
+        default=DEFAULT_ACL_FILE,
+        help=f"the broker's ACL, for instances >= 2 (default {DEFAULT_ACL_FILE})",
+    )
     files(add_server)
     reader(add_server)
     remove_device = sub.add_parser("remove-device", help="delete a device account")
@@ -554,11 +589,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret_dir: Path = args.secret_dir
     try:
         if args.command == "add-server":
-            secret = add_user(passwd, secret_dir, SERVER_USER_ID, reader_group=args.group)
+            if args.instance < 1:
+                raise InvalidNameError("--instance: instances are numbered from 1")
+            account = server_account(args.instance)
+            if args.instance > 1 and grant_server(args.acl_file, account):
+                print(f"acl file: {args.acl_file} (grants {account})")
+            secret = add_user(passwd, secret_dir, account, reader_group=args.group)
         else:
             name: str = args.name
             check_name(name)
-            if name == SERVER_USER_ID:
+            if is_server_account(name):
                 # The server account may read and write all of gochat/# (the ACL):
                 # a device must never be able to hold that name.
                 hint = " (use add-server)" if args.command == "add-device" else ""
@@ -568,6 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"removed {name} from {passwd}")
                 return 0
             secret = add_user(passwd, secret_dir, name, reader_group=args.group)
+    except OSError as exc:
+        print(f"gochat-admin: {exc}", file=sys.stderr)
+        return EX_FAILURE
     except AdminError as exc:
         print(f"gochat-admin: {exc}", file=sys.stderr)
         return EX_USAGE if isinstance(exc, InvalidNameError) else EX_FAILURE

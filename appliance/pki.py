@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance.protocol.topics import SERVER_USER_ID, is_user_id
+from appliance.protocol.topics import is_server_account, is_user_id
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 CA_COMMON_NAME = "GoChat deployment CA"
@@ -191,8 +191,8 @@ def sign_csr(
 def _check_device_name(name: str) -> None:
     if not is_user_id(name):
         raise PkiError("device name: 1-64 characters of [A-Za-z0-9_.-]")
-    if name == SERVER_USER_ID:
-        raise PkiError(f"device name: {SERVER_USER_ID} is the server's account")
+    if is_server_account(name):
+        raise PkiError(f"device name: {name} is a server's account")
 
 
 def _leaf(

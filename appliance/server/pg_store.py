@@ -54,7 +54,6 @@ LEASE_RENEW_S = 1.0
 REPLY_TTL_S = 60.0  # as long as the in-memory replay cache remembers
 PRUNE_EVERY_S = 10.0
 DUE_BATCH = 200  # due items handled per tick, at most (the rest on the next)
-LAST_SEEN_GRAIN_S = 1.0  # a session's last sign of life is written at most this often
 CHANNEL = "gochat_rooms"
 _MIGRATION_LOCK = 0x6763_6861  # pg_advisory_xact_lock key: one migrator at a time
 _ROOM_SELECT = f"SELECT {ROOM_COLUMNS}, rev FROM rooms"  # noqa: S608
@@ -289,17 +288,18 @@ class PostgresStore:
         conn = self._connection()
         with conn.transaction():
             old = conn.execute(
-                "SELECT holder, expires_at, extract(epoch FROM clock_timestamp())"
+                "SELECT holder, expires_at, extract(epoch FROM clock_timestamp())::float8"
                 " FROM leases WHERE name = %s FOR UPDATE",
                 (LEASE,),
             ).fetchone()
             row = conn.execute(
                 "INSERT INTO leases (name, holder, expires_at)"
-                " VALUES (%(name)s, %(me)s, extract(epoch FROM clock_timestamp()) + %(ttl)s)"
+                " VALUES (%(name)s, %(me)s,"
+                " extract(epoch FROM clock_timestamp())::float8 + %(ttl)s)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
                 " expires_at = excluded.expires_at"
                 " WHERE leases.holder = excluded.holder"
-                " OR leases.expires_at < extract(epoch FROM clock_timestamp())"
+                " OR leases.expires_at < extract(epoch FROM clock_timestamp())::float8"
                 " RETURNING holder",
                 {"name": LEASE, "me": self.instance, "ttl": LEASE_TTL_S},
             ).fetchone()
@@ -315,13 +315,14 @@ class PostgresStore:
             # Each instance's own lease says it is alive: the rate limit is shared out.
             conn.execute(
                 "INSERT INTO leases (name, holder, expires_at)"
-                " VALUES (%(name)s, %(me)s, extract(epoch FROM clock_timestamp()) + %(ttl)s)"
+                " VALUES (%(name)s, %(me)s,"
+                " extract(epoch FROM clock_timestamp())::float8 + %(ttl)s)"
                 " ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at",
                 {"name": f"instance:{self.instance}", "me": self.instance, "ttl": LEASE_TTL_S},
             )
             (self._instances,) = conn.execute(
                 "SELECT count(*) FROM leases WHERE name LIKE 'instance:%%'"
-                " AND expires_at >= extract(epoch FROM clock_timestamp())"
+                " AND expires_at >= extract(epoch FROM clock_timestamp())::float8"
             ).fetchone() or (1,)
         return self._owner and not was_owner
 
@@ -446,13 +447,12 @@ class PostgresStore:
         for user_id in dirty.sessions:
             self._write_session(conn, service.sessions.get(user_id), user_id)
         me = service.sessions.get(scope.user_id) if scope.user_id else None
-        if me is not None and me.user_id not in dirty.sessions:
-            stored = begun.last_seen if begun.last_seen is not None else 0.0
-            if me.last_seen - stored >= LAST_SEEN_GRAIN_S:
-                conn.execute(
-                    "UPDATE sessions SET last_seen = %s WHERE user_id = %s",
-                    (me.last_seen, me.user_id),
-                )
+        fresher = me is not None and (begun.last_seen is None or me.last_seen > begun.last_seen)
+        if me is not None and fresher and me.user_id not in dirty.sessions:
+            conn.execute(
+                "UPDATE sessions SET last_seen = %s WHERE user_id = %s",
+                (me.last_seen, me.user_id),
+            )
         service.dirty = type(dirty)()
 
     def _write_room(
