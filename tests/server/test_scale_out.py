@@ -57,6 +57,18 @@ def pair(broker: Broker, tmp_path: Path, store_url: str) -> Iterator[list[Server
             proc.stop()
 
 
+@pytest.fixture
+def in_process(broker: Broker, tmp_path: Path, store_url: str) -> Iterator[RunningServer]:
+    """Instances 1 and 2 in this process on one clock; yields the first."""
+    first = RunningServer(broker, tmp_path / "unused.db", store_url=store_url).start()
+    second = RunningServer(
+        broker, tmp_path / "unused.db", first.clock, store_url=store_url, instance=2
+    ).start()
+    yield first
+    second.stop()
+    first.stop()
+
+
 def _call_retrying(
     client: GoChatClient, method: m.Method, payload: dict[str, object]
 ) -> m.Response:
@@ -152,53 +164,37 @@ def _lease_wait(url: str, holder: str, timeout_s: float = 15.0) -> bool:
 
 
 def test_a_retry_reaching_the_other_instance_is_answered_not_applied_again(
-    broker: Broker, tmp_path: Path, store_url: str
+    broker: Broker, in_process: RunningServer
 ) -> None:
-    first = RunningServer(broker, tmp_path / "unused.db", store_url=store_url).start()
-    second = RunningServer(
-        broker, tmp_path / "unused.db", first.clock, store_url=store_url, instance=2
-    ).start()
-    try:
-        host = connect(broker, "host")
-        room_id = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)["room"]["room_id"]
-        ann = connect(broker, "ann")
-        correlation = b"join-once"
-        answers = [
-            ann.request(m.Method.LOGIN_ROOM, {"room_id": room_id}, correlation=correlation)
-            for _ in range(6)  # the broker deals them out to both instances
-        ]
-        assert len({a.model_dump_json() for a in answers}) == 1  # the same answer each time
-        state = host.call(m.Method.LOGIN_ROOM, room_id=room_id)["room"]
-        assert state["member_count"] == 2
-        joined = (answers[0].data or {})["room"]["version"]
-        assert state["version"] == joined  # ann's join was the last change: applied once
-        host.close()
-        ann.close()
-    finally:
-        second.stop()
-        first.stop()
+    host = connect(broker, "host")
+    room_id = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)["room"]["room_id"]
+    ann = connect(broker, "ann")
+    correlation = b"join-once"
+    answers = [
+        ann.request(m.Method.LOGIN_ROOM, {"room_id": room_id}, correlation=correlation)
+        for _ in range(6)  # the broker deals them out to both instances
+    ]
+    assert len({a.model_dump_json() for a in answers}) == 1  # the same answer each time
+    state = host.call(m.Method.LOGIN_ROOM, room_id=room_id)["room"]
+    assert state["member_count"] == 2
+    joined = (answers[0].data or {})["room"]["version"]
+    assert state["version"] == joined  # ann's join was the last change: applied once
+    host.close()
+    ann.close()
 
 
 def test_an_invitation_expires_once_with_two_instances(
-    broker: Broker, tmp_path: Path, store_url: str
+    broker: Broker, in_process: RunningServer
 ) -> None:
-    first = RunningServer(broker, tmp_path / "unused.db", store_url=store_url).start()
-    second = RunningServer(
-        broker, tmp_path / "unused.db", first.clock, store_url=store_url, instance=2
-    ).start()
-    try:
-        host, ann = connect(broker, "host"), connect(broker, "ann")
-        room_id = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)["room"]["room_id"]
-        ann.call(m.Method.LOGIN_ROOM, room_id=room_id)
-        host.call(m.Method.INVITE_ONSTAGE, room_id=room_id, user_id="ann")
-        ann.next_inbox("invite_onstage")
-        first.advance(31, settle_s=1.5)  # both instances tick past the expiry
-        for client in (ann, host):
-            client.next_inbox("invite_expired")
-            with pytest.raises(TimeoutError):
-                client.next_inbox("invite_expired", timeout_s=1.0)  # and only once
-        host.close()
-        ann.close()
-    finally:
-        second.stop()
-        first.stop()
+    host, ann = connect(broker, "host"), connect(broker, "ann")
+    room_id = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)["room"]["room_id"]
+    ann.call(m.Method.LOGIN_ROOM, room_id=room_id)
+    host.call(m.Method.INVITE_ONSTAGE, room_id=room_id, user_id="ann")
+    ann.next_inbox("invite_onstage")
+    in_process.advance(31, settle_s=1.5)  # both instances tick past the expiry
+    for client in (ann, host):
+        client.next_inbox("invite_expired")
+        with pytest.raises(TimeoutError):
+            client.next_inbox("invite_expired", timeout_s=1.0)  # and only once
+    host.close()
+    ann.close()
