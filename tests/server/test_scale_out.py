@@ -57,18 +57,6 @@ def pair(broker: Broker, tmp_path: Path, store_url: str) -> Iterator[list[Server
             proc.stop()
 
 
-@pytest.fixture
-def in_process(broker: Broker, tmp_path: Path, store_url: str) -> Iterator[RunningServer]:
-    """Instances 1 and 2 in this process on one clock; yields the first."""
-    first = RunningServer(broker, tmp_path / "unused.db", store_url=store_url).start()
-    second = RunningServer(
-        broker, tmp_path / "unused.db", first.clock, store_url=store_url, instance=2
-    ).start()
-    yield first
-    second.stop()
-    first.stop()
-
-
 def _call_retrying(
     client: GoChatClient, method: m.Method, payload: dict[str, object]
 ) -> m.Response:
@@ -163,8 +151,13 @@ def _lease_wait(url: str, holder: str, timeout_s: float = 15.0) -> bool:
     return False
 
 
+TWO_IN_PROCESS = pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+"""Two instances in this process on one clock (tests/server/conftest.py)."""
+
+
+@TWO_IN_PROCESS
 def test_a_retry_reaching_the_other_instance_is_answered_not_applied_again(
-    broker: Broker, in_process: RunningServer
+    broker: Broker, server: RunningServer
 ) -> None:
     host = connect(broker, "host")
     room_id = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)["room"]["room_id"]
@@ -183,15 +176,16 @@ def test_a_retry_reaching_the_other_instance_is_answered_not_applied_again(
     ann.close()
 
 
+@TWO_IN_PROCESS
 def test_an_invitation_expires_once_with_two_instances(
-    broker: Broker, in_process: RunningServer
+    broker: Broker, server: RunningServer
 ) -> None:
     host, ann = connect(broker, "host"), connect(broker, "ann")
     room_id = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)["room"]["room_id"]
     ann.call(m.Method.LOGIN_ROOM, room_id=room_id)
     host.call(m.Method.INVITE_ONSTAGE, room_id=room_id, user_id="ann")
     ann.next_inbox("invite_onstage")
-    in_process.advance(31, settle_s=1.5)  # both instances tick past the expiry
+    server.advance(31, settle_s=1.5)  # both instances tick past the expiry
     for client in (ann, host):
         client.next_inbox("invite_expired")
         with pytest.raises(TimeoutError):
