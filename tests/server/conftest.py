@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,8 +21,9 @@ def server(
     """The business server, in-process on an offset clock, against ``broker``: on
     SQLite, or (a module's ``pytestmark = pytest.mark.parametrize("server",
     ["sqlite", "postgresql"], indirect=True)``) two instances on one PostgreSQL
-    database sharing the requests and one clock; the first one is yielded."""
-    if getattr(request, "param", "sqlite") == "sqlite":
+    database sharing the requests and one clock; the first one is yielded. Env
+    ``GOCHAT_TEST_STORE=postgresql`` makes the latter the default for every test."""
+    if getattr(request, "param", os.environ.get("GOCHAT_TEST_STORE", "sqlite")) == "sqlite":
         running = RunningServer(broker, tmp_path / "server.db").start()
         yield running
         running.stop()
