@@ -361,6 +361,11 @@ class Server:
                 # subscription; only a retained one matters here.
                 if message.retain:
                     self.janitor.found(topic, message.payload)
+                elif self._gated is Verdict.ALLOW:
+                    # A shared store sweeps through a plain subscription, which sees
+                    # every live request too: the gate counted a copy it must not.
+                    self.counters["requests"] -= 1
+                    self.limiter.refund(topics.request_owner(topic) or "")
                 return
             owner = topics.request_owner(topic)
             if owner is not None:

@@ -186,7 +186,14 @@ class PostgresStore:
         service.forget()
         begun = _Begun()
         try:
-            with conn.transaction():
+            # Pipeline mode: statements go out together and wait only where a result
+            # is read, so a request costs a few round trips, not one per statement.
+            with conn.pipeline(), conn.transaction():
+                if not scope.changes:
+                    # A heartbeat's answer promises nothing durable: its last sign of
+                    # life may be lost with the database's power, and need not wait
+                    # for a WAL flush.
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 self._load(conn, service, scope, begun)
                 yield _Replies(conn, scope.changes)
                 self._write(conn, service, scope, begun)
@@ -335,22 +342,18 @@ class PostgresStore:
         room_ids = set(scope.room_ids)
         if user_id is not None:
             session = conn.execute(
-                "SELECT name, logged_in_at, last_seen FROM sessions WHERE user_id = %s FOR UPDATE",
+                "SELECT name, logged_in_at, last_seen, ARRAY(SELECT m.room_id FROM members m"
+                " JOIN rooms r ON r.room_id = m.room_id WHERE m.user_id = s.user_id"
+                " AND m.gone = 0 AND r.closed_at IS NULL)"
+                " FROM sessions s WHERE user_id = %s FOR UPDATE OF s",
                 (user_id,),
             ).fetchone()
             if session is not None:
-                name, logged_in_at, last_seen = session
+                name, logged_in_at, last_seen, in_rooms = session
                 seen = last_seen if last_seen is not None else logged_in_at
                 service.sessions[user_id] = Session(user_id, name, logged_in_at, seen)
                 begun.last_seen = seen
-                room_ids.update(
-                    r
-                    for (r,) in conn.execute(
-                        "SELECT m.room_id FROM members m JOIN rooms r ON r.room_id = m.room_id"
-                        " WHERE m.user_id = %s AND m.gone = 0 AND r.closed_at IS NULL",
-                        (user_id,),
-                    )
-                )
+                room_ids.update(in_rooms)
         if scope.every_room:
             rows = conn.execute(
                 f"{_ROOM_SELECT} WHERE closed_at IS NULL ORDER BY created_at, room_id"
@@ -405,26 +408,28 @@ class PostgresStore:
         held = self._held.get(room_id)
         if held is not None and held.rev == rev:
             return held
+        # Both queries go out before either result is read: one round trip.
+        since = held.rev if held is not None else -1
+        changed = conn.execute(
+            f"SELECT {MEMBER_COLUMNS}, gone FROM members WHERE room_id = %s AND rev > %s"  # noqa: S608 (column lists)
+            " ORDER BY rev, joined_at, user_id",
+            (room_id, since),
+        )
+        invitations = conn.execute(
+            f"SELECT {INVITATION_COLUMNS} FROM invitations WHERE room_id = %s",  # noqa: S608 (column lists)
+            (room_id,),
+        )
+        rows = changed.fetchall()
         if held is None:
             room = loaded.room
-            members = conn.execute(
-                f"SELECT {MEMBER_COLUMNS} FROM members WHERE room_id = %s AND gone = 0"  # noqa: S608 (column lists)
-                " ORDER BY joined_at, user_id",
-                (room_id,),
-            )
-            room.members = {m.user_id: m for m in map(schema.member_of, members)}
+            live = sorted((r for r in rows if not r[8]), key=lambda r: (r[4], r[1]))
+            room.members = {m.user_id: m for m in map(schema.member_of, live)}
             schema.arrange(room)
             held = _Held(rev, room, loaded.key)
         else:
-            _catch_up(conn, held.room, loaded.room, held.rev)
+            _catch_up(held.room, loaded.room, rows)
             held.rev, held.key = rev, loaded.key
-        held.invitations = [
-            schema.invitation_of(r)
-            for r in conn.execute(
-                f"SELECT {INVITATION_COLUMNS} FROM invitations WHERE room_id = %s",  # noqa: S608 (column lists)
-                (room_id,),
-            )
-        ]
+        held.invitations = [schema.invitation_of(r) for r in invitations.fetchall()]
         self._held[room_id] = held
         return held
 
@@ -550,17 +555,12 @@ class PostgresStore:
         )
 
 
-def _catch_up(conn: psycopg.Connection[Any], room: Room, row: Room, since_rev: int) -> None:
-    """Bring ``room`` (held at ``since_rev``) up to ``row``: its fields, then the
-    member rows written after ``since_rev``."""
+def _catch_up(room: Room, row: Room, changed: Sequence[Sequence[Any]]) -> None:
+    """Bring ``room`` up to ``row``: its fields, then the member rows (and ``gone``)
+    written since it was held."""
     room.subject, room.host_id, room.max_seats = row.subject, row.host_id, row.max_seats
     room.version, room.updated_at = row.version, row.updated_at
     room.closed_at, room.retained_cleared = row.closed_at, row.retained_cleared
-    changed = conn.execute(
-        f"SELECT {MEMBER_COLUMNS}, gone FROM members WHERE room_id = %s AND rev > %s"  # noqa: S608 (column lists)
-        " ORDER BY rev, joined_at, user_id",
-        (room.room_id, since_rev),
-    ).fetchall()
     rearrange = False
     for r in changed:
         member = schema.member_of(r)
