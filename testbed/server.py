@@ -25,9 +25,9 @@ from pydantic import SecretStr
 from appliance.client import GoChatClient
 from appliance.protocol.topics import server_account
 from appliance.server.app import Server
+from appliance.server.engines import open_store
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings, StoreSettings
-from appliance.server.store import open_store
 
 from .broker import Broker
 

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from appliance.server.app import Server
+from appliance.server.engines import open_store
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings
-from appliance.server.store import Store, StoreError, open_store
+from appliance.server.store import Store, StoreError
 from appliance.service import notify, watchdog_interval_s
 from appliance.settings import EX_CONFIG, ConfigError
 

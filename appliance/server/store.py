@@ -24,7 +24,6 @@ from typing import Protocol
 from appliance.protocol import models as m
 from appliance.server.domain import Room
 from appliance.server.rules import RoomService
-from appliance.server.settings import StoreSettings
 
 
 class StoreError(RuntimeError):
@@ -136,16 +135,3 @@ class Store(Protocol):
     def close(self) -> None:
         """Release the database."""
         ...
-
-
-def open_store(settings: StoreSettings, instance: str) -> Store:
-    """The store ``settings`` name: PostgreSQL if ``url`` is set, else SQLite at
-    ``path``. ``instance``: this server's name (its broker account), the lease holder's
-    name in a shared store."""
-    if settings.url is not None:
-        from appliance.server.pg_store import PostgresStore  # noqa: PLC0415 (psycopg: optional)
-
-        return PostgresStore(settings.url.get_secret_value(), instance)
-    from appliance.server.sqlite_store import SqliteStore  # noqa: PLC0415 (imports this)
-
-    return SqliteStore(settings.path)

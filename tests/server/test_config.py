@@ -77,7 +77,7 @@ def test_a_store_url_in_the_environment_selects_postgresql_and_hides_its_passwor
     config.write_text("[store]\npath = 'rooms.db'\n")
     monkeypatch.setenv("GOCHAT_STORE__URL", "postgresql://gochat:pa55word@db.lan/gochat")
     settings = ServerSettings.load(config)
-    assert settings.store.url is not None  # wins over path (appliance.server.store.open_store)
+    assert settings.store.url is not None  # wins over path (appliance.server.engines.open_store)
     assert settings.store.url.get_secret_value().endswith("@db.lan/gochat")
     assert "pa55word" not in repr(settings)
 
