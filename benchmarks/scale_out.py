@@ -75,6 +75,7 @@ class Row:
     name: str
     beat: HeartbeatResult
     storm: StormResult
+    counters: dict[str, int]
 
 
 def _children(pid: int) -> list[int]:
@@ -105,7 +106,7 @@ def run_setup(name: str, config: Config, cluster: Postgres | None) -> Row:
         beat = bench.heartbeat_phase(config.rates[0])
         storm, _room = bench.join_storm(config.join_rates[0], None)
         bench.finish()
-    return Row(name, beat, storm)
+    return Row(name, beat, storm, bench.server_counters)
 
 
 def cpu_ms_per_answer(usage_pct: float, wall_s: float, answers: int) -> float:
@@ -385,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{config.listeners:,} listeners joining one room at {config.join_rates[0]:,.0f}/s.\n"
     )
     print(comparison_table(rows))
+    for row in rows:
+        shown = {k: v for k, v in sorted(row.counters.items()) if not k.startswith("code_")}
+        print(f"- {row.name}, the servers' counters: {shown}")
+    print()
     if result is not None:
         print(failover_table(result))
     return 0

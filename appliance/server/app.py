@@ -373,8 +373,9 @@ class Server:
                 return
             user_id = topics.parse_presence(topic)
             if user_id is not None:
-                with self.store.scope(self.service, Scope(user_id=user_id, changes=False)):
-                    outcome = self.service.presence_changed(user_id, self.clock())
+                now = self.clock()
+                with self.store.scope(self.service, Scope(user_id, changes=False, now=now)):
+                    outcome = self.service.presence_changed(user_id, now)
                 self._absorb(outcome)
                 return
             self.counters["dropped_unknown_topic"] += 1
@@ -468,7 +469,9 @@ class Server:
             self.counters["malformed"] += 1
             return envelope(Code.BAD_REQUEST, str(exc), None)
         try:
-            with self.store.scope(self.service, Scope.of_request(user_id, request)) as unit:
+            with self.store.scope(
+                self.service, Scope.of_request(user_id, request, now, key)
+            ) as unit:
                 answered = unit.recall(key)
                 if answered is not None:  # applied by another instance: a retry
                     self.counters["replayed"] += 1

@@ -81,22 +81,26 @@ class _Begun:
 
 
 class _Replies:
-    """Answers by replay key, in the scope's transaction."""
+    """Answers by replay key, in the scope's transaction. The scope's own key was
+    looked up with the session's lock (``recalled``)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], enabled: bool) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], scope: Scope, recalled: bytes | None) -> None:
         self._conn = conn
-        self._enabled = enabled
+        self._scope = scope
+        self._recalled = recalled
 
     def recall(self, key: bytes) -> bytes | None:
-        if not self._enabled:
+        if not self._scope.changes:
             return None
+        if key == self._scope.replay_key:
+            return self._recalled
         row = self._conn.execute(
             "SELECT response FROM replies WHERE replay_key = %s", (key,)
         ).fetchone()
         return bytes(row[0]) if row else None
 
     def remember(self, key: bytes, response: bytes, now: float) -> None:
-        if self._enabled:
+        if self._scope.changes:
             self._conn.execute(
                 "INSERT INTO replies (replay_key, response, at) VALUES (%s, %s, %s)"
                 " ON CONFLICT (replay_key) DO NOTHING",
@@ -137,7 +141,12 @@ class PostgresStore:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            # A sign of life may be lost with the database's power (it only shortens a
+            # session's TTL): its commit need not wait for the WAL flush. Changes set
+            # it back on for their own transaction.
+            conn.execute("SET synchronous_commit = off")
+            return conn
         except psycopg.Error as exc:
             # libpq's message names host and database, never the password.
             raise StoreError(f"cannot open store: {str(exc).strip()}") from None
@@ -181,22 +190,30 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def scope(self, service: RoomService, scope: Scope) -> Iterator[Unit]:
-        """One transaction: lock and load, yield to the rules, write and commit."""
+        """A change: one transaction (lock and load, yield to the rules, write and
+        commit). A read (``scope.changes`` False): no transaction and no lock, one
+        statement that records the sign of life and reads the rooms, then the rules.
+
+        Pipeline mode: statements go out together and wait only where a result is
+        read, so a change costs three round trips (four when a room moved on
+        elsewhere) and a heartbeat one."""
         conn = self._connection()
         service.forget()
         begun = _Begun()
         try:
-            # Pipeline mode: statements go out together and wait only where a result
-            # is read, so a request costs a few round trips, not one per statement.
-            with conn.pipeline(), conn.transaction():
+            with conn.pipeline():
                 if not scope.changes:
-                    # A heartbeat's answer promises nothing durable: its last sign of
-                    # life may be lost with the database's power, and need not wait
-                    # for a WAL flush.
-                    conn.execute("SET LOCAL synchronous_commit = off")
-                self._load(conn, service, scope, begun)
-                yield _Replies(conn, scope.changes)
-                self._write(conn, service, scope, begun)
+                    self._load_read(conn, service, scope, begun)
+                    yield _Replies(conn, scope, None)
+                    self._write(conn, service, scope, begun)
+                    return
+                with conn.transaction():
+                    # A change's answer promises durability (the connection's default,
+                    # for signs of life, does not wait for the WAL flush).
+                    conn.execute("SET LOCAL synchronous_commit = on")
+                    recalled = self._load(conn, service, scope, begun)
+                    yield _Replies(conn, scope, recalled)
+                    self._write(conn, service, scope, begun)
         except BaseException:
             for room_id in begun.revs:  # the rules may have half-changed these
                 self._held.pop(room_id, None)
@@ -337,43 +354,91 @@ class PostgresStore:
 
     def _load(
         self, conn: psycopg.Connection[Any], service: RoomService, scope: Scope, begun: _Begun
-    ) -> None:
-        user_id = scope.user_id
-        room_ids = set(scope.room_ids)
+    ) -> bytes | None:
+        """Lock the requester's session, then (in ``room_id`` order) the rooms it names
+        and the one it is in, and load them; the answer already given to the scope's
+        replay key, if any. One round trip: each statement runs after the one before
+        it has its locks."""
+        user_id, named = scope.user_id, sorted(scope.room_ids)
+        session = replies = None
         if user_id is not None:
             session = conn.execute(
-                "SELECT name, logged_in_at, last_seen, ARRAY(SELECT m.room_id FROM members m"
-                " JOIN rooms r ON r.room_id = m.room_id WHERE m.user_id = s.user_id"
-                " AND m.gone = 0 AND r.closed_at IS NULL)"
-                " FROM sessions s WHERE user_id = %s FOR UPDATE OF s",
+                "SELECT name, logged_in_at, last_seen FROM sessions WHERE user_id = %s FOR UPDATE",
                 (user_id,),
-            ).fetchone()
-            if session is not None:
-                name, logged_in_at, last_seen, in_rooms = session
-                seen = last_seen if last_seen is not None else logged_in_at
-                service.sessions[user_id] = Session(user_id, name, logged_in_at, seen)
-                begun.last_seen = seen
-                room_ids.update(in_rooms)
+            )
+            if scope.replay_key is not None:
+                replies = conn.execute(
+                    "SELECT response FROM replies WHERE replay_key = %s", (scope.replay_key,)
+                )
+        rooms = conn.execute(
+            f"{_ROOM_SELECT} WHERE room_id = ANY(%(named)s) OR room_id IN"  # noqa: S608
+            " (SELECT m.room_id FROM members m WHERE m.user_id = %(user)s AND m.gone = 0)"
+            " ORDER BY room_id FOR UPDATE",
+            {"named": named, "user": user_id},
+        )
+        row = session.fetchone() if session is not None else None
+        if row is not None:
+            self._open_session(service, user_id or "", row, begun)
+        recalled = replies.fetchone() if replies is not None else None
+        self._hold_all(conn, service, rooms.fetchall(), begun, user_id)
+        return bytes(recalled[0]) if recalled else None
+
+    def _load_read(
+        self, conn: psycopg.Connection[Any], service: RoomService, scope: Scope, begun: _Begun
+    ) -> None:
+        """Record the requester's sign of life and read its rooms, unlocked."""
+        user_id = scope.user_id
+        if user_id is None:
+            return
+        rows = conn.execute(
+            "WITH s AS (UPDATE sessions SET last_seen = GREATEST(last_seen, %(now)s)"  # noqa: S608
+            " WHERE user_id = %(user)s RETURNING name, logged_in_at, last_seen)"
+            " SELECT s.name, s.logged_in_at, s.last_seen, r.* FROM s LEFT JOIN LATERAL"
+            f" ({_ROOM_SELECT} WHERE room_id = ANY(%(named)s) OR room_id IN"
+            " (SELECT m.room_id FROM members m WHERE m.user_id = %(user)s AND m.gone = 0)"
+            " ) r ON true",
+            {"now": scope.now, "user": user_id, "named": list(scope.room_ids)},
+        ).fetchall()
+        if not rows:
+            return  # not logged in: the rules answer 401
+        self._open_session(service, user_id, rows[0][:3], begun)
         if scope.every_room:
-            rows = conn.execute(
+            rooms = conn.execute(
                 f"{_ROOM_SELECT} WHERE closed_at IS NULL ORDER BY created_at, room_id"
             ).fetchall()
-        elif room_ids:
-            lock = " FOR UPDATE" if scope.changes else ""
-            rows = conn.execute(
-                f"{_ROOM_SELECT} WHERE room_id = ANY(%s) ORDER BY room_id{lock}",
-                (sorted(room_ids),),
-            ).fetchall()
         else:
-            rows = []
+            rooms = [r[3:] for r in rows if r[3] is not None]
+        self._hold_all(conn, service, rooms, begun, user_id)
+
+    @staticmethod
+    def _open_session(
+        service: RoomService, user_id: str, row: Sequence[Any], begun: _Begun
+    ) -> None:
+        """The session of a ``(name, logged_in_at, last_seen)`` row."""
+        name, logged_in_at, last_seen = row[:3]
+        seen = last_seen if last_seen is not None else logged_in_at
+        service.sessions[user_id] = Session(user_id, name, logged_in_at, seen)
+        begun.last_seen = seen
+
+    def _hold_all(
+        self,
+        conn: psycopg.Connection[Any],
+        service: RoomService,
+        rows: Sequence[Sequence[Any]],
+        begun: _Begun,
+        user_id: str | None,
+    ) -> None:
+        """Put the rooms of ``rows`` into ``service``; the user's room is the open one
+        it is a member of."""
         for row in rows:
             self._hold(conn, service, row, begun)
-        if user_id in service.sessions:
-            service.sessions[user_id].room_id = next(
+        session = service.sessions.get(user_id) if user_id is not None else None
+        if session is not None:
+            session.room_id = next(
                 (
-                    room.room_id
-                    for room in service.rooms.values()
-                    if not room.closed and user_id in room.members
+                    r.room_id
+                    for r in service.rooms.values()
+                    if not r.closed and user_id in r.members
                 ),
                 None,
             )

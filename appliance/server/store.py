@@ -38,22 +38,29 @@ class Scope:
     in). ``room_ids``: rooms the request names. ``every_room``: all open rooms (the
     room list), read without locks. ``changes``: False for a request that changes
     nothing but its session's last sign of life (its answer is not remembered).
+    ``now``: the time of that sign of life. ``replay_key``: the request's (the store
+    looks its answer up with the session's lock).
     """
 
     user_id: str | None = None
     room_ids: tuple[str, ...] = ()
     every_room: bool = False
     changes: bool = True
+    now: float = 0.0
+    replay_key: bytes | None = None
 
     @classmethod
-    def of_request(cls, user_id: str, request: m.Request) -> Scope:
-        """The scope of ``request`` from ``user_id``."""
+    def of_request(cls, user_id: str, request: m.Request, now: float, key: bytes) -> Scope:
+        """The scope of ``request`` from ``user_id`` at ``now``, replay key ``key``."""
         room_id: str | None = getattr(request, "room_id", None)
+        changes = request.method not in READS
         return cls(
             user_id=user_id,
             room_ids=(room_id,) if room_id else (),
             every_room=request.method is m.Method.GET_ROOM_LIST,
-            changes=request.method not in READS,
+            changes=changes,
+            now=now,
+            replay_key=key if changes else None,
         )
 
 

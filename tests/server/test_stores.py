@@ -37,7 +37,7 @@ def test_both_engines_have_the_same_tables_and_columns(tmp_path: Path, postgres:
 
 
 def _apply(store: Store, service: RoomService, user: str, request: m.Request, now: float) -> None:
-    with store.scope(service, Scope.of_request(user, request)):
+    with store.scope(service, Scope.of_request(user, request, now, b"k%d" % now)):
         service.handle(user, request, now)
     store.flush(service)
 
