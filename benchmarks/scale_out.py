@@ -102,10 +102,18 @@ def run_setup(name: str, config: Config, cluster: Postgres | None) -> Row:
     with Bench(config) as bench:
         if cluster is not None:
             bench.extra_groups["PostgreSQL"] = lambda: _postgres_pids(cluster)
-        bench.setup()
-        beat = bench.heartbeat_phase(config.rates[0])
-        storm, _room = bench.join_storm(config.join_rates[0], None)
-        bench.finish()
+        try:
+            bench.setup()
+            beat = bench.heartbeat_phase(config.rates[0])
+            storm, _room = bench.join_storm(config.join_rates[0], None)
+            bench.finish()
+        except BenchError:
+            for server in bench.servers:
+                log(
+                    f"--- {server.log_path.name} (tail)\n"
+                    + "\n".join(server.log().splitlines()[-30:])
+                )
+            raise
     return Row(name, beat, storm, bench.server_counters)
 
 

@@ -11,7 +11,10 @@ request is one transaction (:meth:`PostgresStore.scope`):
    only the member rows written since (``schema``: ``rev``, ``gone``), so a join storm
    does not reread thousands of members per join;
 4. run the rules, write what they changed with the room's ``rev`` raised, remember the
-   answer by replay key, ``NOTIFY`` the changed rooms, commit.
+   answer by replay key, ``NOTIFY`` the changed rooms, commit (without waiting for
+   the WAL flush: the row locks are released at once);
+5. before the answers of a batch go out, :meth:`PostgresStore.flush` waits for one
+   WAL flush, which covers every commit before it (group commit, as on SQLite).
 
 Every change to a room therefore serialises on that room's row, and versions only go
 up. Room states are published by the instance that owns the timers, from the
@@ -121,6 +124,7 @@ class PostgresStore:
         self._monotonic = monotonic
         self._held: dict[str, _Held] = {}
         self._owner = False
+        self._unflushed = False  # commits made without waiting for the WAL flush
         self._instances = 1
         self._next_renew = 0.0
         self._next_prune = 0.0
@@ -142,9 +146,9 @@ class PostgresStore:
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-            # A sign of life may be lost with the database's power (it only shortens a
-            # session's TTL): its commit need not wait for the WAL flush. Changes set
-            # it back on for their own transaction.
+            # Commits do not wait for the WAL flush: a change's answer waits for one
+            # flush per batch instead (flush()), and a sign of life may be lost with
+            # the database's power (it only shortens a session's TTL).
             conn.execute("SET synchronous_commit = off")
             return conn
         except psycopg.Error as exc:
@@ -186,7 +190,16 @@ class PostgresStore:
         """Nothing: each scope loads what it needs."""
 
     def flush(self, service: RoomService) -> None:
-        """Nothing: each scope committed its own changes."""
+        """Make the batch's commits durable: one transaction that waits for the WAL
+        flush, which covers every commit before it (group commit: the answers of a
+        batch wait for one flush, not one each)."""
+        if not self._unflushed:
+            return
+        conn = self._connection()
+        with conn.pipeline(), conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = on")
+            conn.execute("SELECT txid_current()")  # an xid: a commit record to flush
+        self._unflushed = False
 
     @contextlib.contextmanager
     def scope(self, service: RoomService, scope: Scope) -> Iterator[Unit]:
@@ -208,12 +221,10 @@ class PostgresStore:
                     self._write(conn, service, scope, begun)
                     return
                 with conn.transaction():
-                    # A change's answer promises durability (the connection's default,
-                    # for signs of life, does not wait for the WAL flush).
-                    conn.execute("SET LOCAL synchronous_commit = on")
                     recalled = self._load(conn, service, scope, begun)
                     yield _Replies(conn, scope, recalled)
                     self._write(conn, service, scope, begun)
+            self._unflushed = True
         except BaseException:
             for room_id in begun.revs:  # the rules may have half-changed these
                 self._held.pop(room_id, None)
