@@ -352,18 +352,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, bool]:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller numbers, < 2 minutes")
-    parser.add_argument("--rate", type=float, help="heartbeats/s offered (default 1500)")
+    parser.add_argument("--rate", type=float, help="heartbeats/s offered (default 400)")
     parser.add_argument("--listeners", type=int, help="join-storm listeners (default 2000)")
+    parser.add_argument("--join-rate", type=float, help="joins/s offered (default 300)")
     parser.add_argument("--no-failover", action="store_true", help="skip the failover run")
     args = parser.parse_args(argv)
-    rate = args.rate or (600.0 if args.quick else 1500.0)
+    rate = args.rate or (300.0 if args.quick else 400.0)
     listeners = args.listeners or (300 if args.quick else 2000)
     config = Config(
         rates=(rate,),
         duration_s=5.0 if args.quick else 15.0,
         listeners=listeners,
         workers=2,
-        join_rates=(min(500.0, listeners / 2),),
+        join_rates=(args.join_rate or min(300.0, listeners / 2),),
         broker_conf=None,
     )
     return config, not args.no_failover
