@@ -128,10 +128,13 @@ class Broker:
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self.stderr_path = self.workdir / "mosquitto.stderr"
-        # A copy, so that server instances can be granted their entries (gochat-admin
-        # add-server --instance N does the same to the installed file).
-        self.acl_file = self.workdir / "acl"
-        shutil.copyfile(acl_file, self.acl_file)
+        # The shipped ACL is copied, so that server instances can be granted their
+        # entries (gochat-admin add-server --instance N does the same to the installed
+        # file); a test's own ACL file is used where it is, as the test edits it.
+        self.acl_file = Path(acl_file)
+        if self.acl_file.resolve() == SHIPPED_ACL.resolve():
+            self.acl_file = self.workdir / "acl"
+            shutil.copyfile(acl_file, self.acl_file)
         self.conf_template = Path(conf_template)
         self.persistence = persistence
         self.port = port if port is not None else 0
