@@ -20,10 +20,11 @@ STAMP := $(VENV)/.installed
 # test audio, ALSA utilities, and what building a wheel needs; systemd (for
 # `systemd-analyze verify` of the units) and shellcheck for the tests; Node.js for the
 # page's one npm dependency (MQTT.js), Chromium for the browser tests and nginx for the
-# test of the deployed page (HTTPS; the tests run their own on loopback ports).
+# test of the deployed page (HTTPS; the tests run their own on loopback ports);
+# PostgreSQL, whose throwaway clusters the scale-out tests start as they start Mosquitto.
 APT_PACKAGES := mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev libopus0 \
 	portaudio19-dev espeak-ng sox alsa-utils python3-venv python3-dev build-essential \
-	systemd shellcheck nodejs chromium nginx-light
+	systemd shellcheck nodejs chromium nginx-light postgresql
 # The page's MQTT.js, pinned in web/package-lock.json; its browser bundle is copied
 # next to the page (never committed).
 WEB_BUNDLE := web/vendor/mqtt.esm.js
@@ -63,7 +64,7 @@ $(BIN)/python:
 # directory's mtime changed.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off \
-		-e '.[dev,audio]'
+		-e '.[dev,audio,postgres]'
 	@touch $@
 
 # npm: NodeSource's nodejs carries it, Debian's comes as a package of its own.

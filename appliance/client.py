@@ -112,9 +112,12 @@ class GoChatClient:
         payload: dict[str, Any] | bytes,
         *,
         timeout_s: float | None = None,
+        correlation: bytes | None = None,
     ) -> m.Response:
-        """Send one request and wait for its response."""
-        correlation = self._prefix + next(self._counter).to_bytes(8, "big")
+        """Send one request and wait for its response. ``correlation``: that of an
+        earlier try, to retry it (the server applies a request once)."""
+        if correlation is None:
+            correlation = self._prefix + next(self._counter).to_bytes(8, "big")
         box: queue.SimpleQueue[m.Response] = queue.SimpleQueue()
         with self._lock:
             self._waiting[correlation] = box

@@ -65,7 +65,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -138,6 +138,8 @@ class Config:
     workers: int
     join_rates: tuple[float, ...]  # one storm each, joins/s offered; 0 = all at once
     broker_conf: Path | None  # None: the shipped config/mosquitto/mosquitto.conf
+    store_url: str | None = None  # PostgreSQL (benchmarks/scale_out.py); None: SQLite
+    instances: int = 1  # server processes sharing the requests (PostgreSQL only)
 
     @property
     def users(self) -> int:
@@ -814,7 +816,10 @@ class Bench:
             if config.broker_conf is not None
             else Broker(self.tmp / "broker")
         )
-        self.server: ServerProcess | None = None  # made once the broker has its port
+        self.server: ServerProcess | None = None  # the first of :attr:`servers`
+        self.servers: list[ServerProcess] = []  # made once the broker has its port
+        # More processes to meter (a database's), listed once the servers are up.
+        self.extra_groups: dict[str, Callable[[], list[int]]] = {}
         self.users = [f"bench-{i:05d}" for i in range(config.users)]
         self.pool: WorkerPool | None = None
         self.meter: CpuMeter | None = None
@@ -837,12 +842,22 @@ class Bench:
         log(f"{len(self.users) + 2} broker accounts in {time.monotonic() - started:.1f} s")
         self.broker.start()
         self.stack.callback(self.broker.stop)
-        self.server = ServerProcess(self.broker, self.tmp / "server.db", self.tmp / "server.log")
         self.stack.callback(self._stop_server)
-        try:
-            self.server.start()
-        except TimeoutError as exc:
-            raise BenchError(f"server did not start: {exc}\n{self.server_log_tail()}") from None
+        for n in range(1, self.config.instances + 1):
+            log_name = "server.log" if n == 1 else f"server{n}.log"
+            self.server = ServerProcess(
+                self.broker,
+                self.tmp / "server.db",
+                self.tmp / log_name,
+                store_url=self.config.store_url,
+                instance=n,
+            )
+            self.servers.append(self.server)
+            try:
+                self.server.start()
+            except TimeoutError as exc:
+                raise BenchError(f"server did not start: {exc}\n{self.server_log_tail()}") from None
+        self.server = self.servers[0]
         log(f"broker on port {self.broker.port} (pid {self.broker.pid}); server pid {self._spid}")
         # The load's thousands of clients use the shipped plain loopback listener (they
         # are on the broker's host): this measures the server, not TLS handshakes.
@@ -850,7 +865,8 @@ class Bench:
         self.stack.callback(self.pool.close)
         self.meter = CpuMeter(
             {
-                "server": [self._spid],
+                "server": [p.proc.pid for p in self.servers if p.proc is not None],
+                **{name: pids() for name, pids in self.extra_groups.items()},
                 "broker": [self.broker.pid or 0],
                 f"load generators ({self.config.workers})": self.pool.pids,
                 "coordinator + host": [os.getpid()],
@@ -982,8 +998,7 @@ class Bench:
 
     def server_died(self) -> bool:
         """Whether the server process was started and has exited."""
-        proc = self.server.proc if self.server is not None else None
-        return proc is not None and proc.poll() is not None
+        return any(p.proc is not None and p.proc.poll() is not None for p in self.servers)
 
     def _check_alive(self) -> None:
         if self.server_died():
@@ -994,11 +1009,13 @@ class Bench:
     def finish(self) -> None:
         """Stop the server (to read its counters) and collect the broker's warnings."""
         self._stop_server()
-        assert self.server is not None
-        for line in self.server.log().splitlines():
-            if "stopped; counters:" in line:
-                with contextlib.suppress(ValueError, SyntaxError):
-                    self.server_counters = ast.literal_eval(line.split("counters:", 1)[1].strip())
+        total: Counter[str] = Counter()
+        for server in self.servers:
+            for line in server.log().splitlines():
+                if "stopped; counters:" in line:
+                    with contextlib.suppress(ValueError, SyntaxError):
+                        total.update(ast.literal_eval(line.split("counters:", 1)[1].strip()))
+        self.server_counters = dict(total)
         self.broker_warnings = [
             line
             for line in self.broker.log_text().splitlines()
@@ -1006,8 +1023,9 @@ class Bench:
         ]
 
     def _stop_server(self) -> None:
-        if self.server is not None and self.server.proc is not None:
-            self.server.stop()  # also fine if it has exited already
+        for server in self.servers:
+            if server.proc is not None:
+                server.stop()  # also fine if it has exited already
 
     def server_log_tail(self, lines: int = 40) -> str:
         """The end of the server's output."""

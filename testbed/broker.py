@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -50,6 +51,7 @@ from appliance.deploy.brokerconf import (
     TlsFiles,
     render_conf,
 )
+from appliance.protocol.topics import server_account
 from appliance.settings import BrokerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +156,13 @@ class Broker:
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self.stderr_path = self.workdir / "mosquitto.stderr"
+        # The shipped ACL is copied, so that server instances can be granted their
+        # entries (gochat-admin add-server --instance N does the same to the installed
+        # file); a test's own ACL file is used where it is, as the test edits it.
         self.acl_file = Path(acl_file)
+        if self.acl_file.resolve() == SHIPPED_ACL.resolve():
+            self.acl_file = self.workdir / "acl"
+            shutil.copyfile(acl_file, self.acl_file)
         self.conf_template = Path(conf_template)
         self.persistence = persistence
         self.guard = guard
@@ -266,6 +274,14 @@ class Broker:
         self._passwords[name] = password
         self.reload()
         return password
+
+    def add_server(self, instance: int) -> str:
+        """Server instance ``instance``'s account, with its ACL entry, as
+        ``gochat-admin add-server --instance N`` makes it; returns the account name."""
+        name = server_account(instance)
+        if accounts.grant_server(self.acl_file, name) or not self.has_user(name):
+            self.add_user(name)
+        return name
 
     def add_users(self, *names: str) -> dict[str, str]:
         """Several :meth:`add_user` at the cost of one reload; name -> password."""

@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+from pydantic import SecretStr
+
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
-from appliance.protocol.topics import SERVER_USER_ID
+from appliance.protocol.topics import server_account
 from appliance.server.app import Server
+from appliance.server.engines import open_store
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings, StoreSettings
-from appliance.server.store import Store
 
 from .broker import Broker
 
@@ -46,28 +49,39 @@ class OffsetClock:
         self.offset += seconds
 
 
-def server_settings(broker: Broker, db_path: Path) -> ServerSettings:
-    """Settings pointing at ``broker`` (the server account is created if missing)."""
-    if not broker.has_user(SERVER_USER_ID):
-        broker.add_user(SERVER_USER_ID)
+def server_settings(
+    broker: Broker, db_path: Path, store_url: str | None = None, instance: int = 1
+) -> ServerSettings:
+    """Settings pointing at ``broker`` (the instance's account is created if missing)
+    and at SQLite ``db_path``, or PostgreSQL ``store_url`` if given."""
+    account = server_account(instance)
+    if instance > 1:
+        broker.add_server(instance)
+    elif not broker.has_user(account):
+        broker.add_user(account)
     return ServerSettings(
-        broker=broker.settings(SERVER_USER_ID, username=SERVER_USER_ID),
-        store=StoreSettings(path=db_path),
+        broker=broker.settings(account, username=account),
+        store=StoreSettings(path=db_path, url=SecretStr(store_url) if store_url else None),
     )
 
 
-def server_env(broker: Broker, db_path: Path) -> dict[str, str]:
-    """The environment that points ``gochat-server`` at ``broker`` and ``db_path``."""
-    settings = server_settings(broker, db_path)
-    return {
+def server_env(
+    broker: Broker, db_path: Path, store_url: str | None = None, instance: int = 1
+) -> dict[str, str]:
+    """The environment that points ``gochat-server`` at ``broker`` and its store."""
+    settings = server_settings(broker, db_path, store_url, instance)
+    env = {
         **os.environ,
         "GOCHAT_BROKER__HOST": broker.host,
         "GOCHAT_BROKER__PORT": str(broker.port),
-        "GOCHAT_BROKER__USERNAME": SERVER_USER_ID,
+        "GOCHAT_BROKER__USERNAME": settings.username,
         "GOCHAT_BROKER__PASSWORD_FILE": str(settings.broker.password_file),
         "GOCHAT_BROKER__TLS_CA_FILE": str(broker.ca_file),
         "GOCHAT_STORE__PATH": str(db_path),
     }
+    if store_url:
+        env["GOCHAT_STORE__URL"] = store_url
+    return env
 
 
 class RunningServer:
@@ -79,8 +93,12 @@ class RunningServer:
         db_path: Path,
         clock: OffsetClock | None = None,
         service: Callable[[], RoomService] = RoomService,
+        *,
+        store_url: str | None = None,
+        instance: int = 1,
     ) -> None:
-        self.settings = server_settings(broker, db_path)
+        self.settings = server_settings(broker, db_path, store_url, instance)
+        self.store_url = store_url
         self.clock = clock or OffsetClock()
         self._new_service = service
         self.server: Server | None = None
@@ -91,7 +109,7 @@ class RunningServer:
 
     async def _main(self) -> None:
         service = self._new_service()
-        store = Store(self.settings.store.path)
+        store = open_store(self.settings.store, self.settings.username)
         store.load_into(service)
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -130,10 +148,26 @@ class RunningServer:
                 raise TimeoutError("server state never satisfied the condition")
             time.sleep(0.005)
 
-    def wait_presence(self, user_id: str, since: float) -> None:
+    def wait_presence(self, user_id: str, since: float, timeout_s: float = 5.0) -> None:
         """Wait until the server has seen a presence message of ``user_id`` after
-        ``since`` (server clock): a Will, typically."""
-        self.wait_until(lambda s: user_id in s.sessions and s.sessions[user_id].last_seen > since)
+        ``since`` (server clock): a Will, typically. With PostgreSQL, whichever
+        instance saw it: the session's row says."""
+        if self.store_url is None:
+            self.wait_until(
+                lambda s: user_id in s.sessions and s.sessions[user_id].last_seen > since
+            )
+            return
+        deadline = time.monotonic() + timeout_s
+        with psycopg.connect(self.store_url, autocommit=True) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT last_seen FROM sessions WHERE user_id = %s", (user_id,)
+                ).fetchone()
+                if row is not None and row[0] is not None and row[0] > since:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no presence of {user_id} after {since}")
+                time.sleep(0.01)
 
     def advance(self, seconds: float, settle_s: float = 0.6) -> None:
         """Move the clock and give the server's tick time to act on it."""
@@ -176,8 +210,16 @@ class NotifySocket:
 class ServerProcess:
     """``python -m appliance.server`` as a child process, started until READY=1."""
 
-    def __init__(self, broker: Broker, db_path: Path, log_path: Path) -> None:
-        self.env = server_env(broker, db_path)
+    def __init__(
+        self,
+        broker: Broker,
+        db_path: Path,
+        log_path: Path,
+        *,
+        store_url: str | None = None,
+        instance: int = 1,
+    ) -> None:
+        self.env = server_env(broker, db_path, store_url, instance)
         self.log_path = log_path
         self.notify_path = log_path.with_suffix(".notify")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -9,6 +9,8 @@
   Its listeners: TLS with passwords (``broker.port``), TLS with client certificates
   (``broker.cert_port``; ``broker.issue_device``/``revoke``) and plain loopback
   (``broker.plain_port``), all verified against one CA per test session.
+- ``postgres``: a throwaway PostgreSQL cluster (Debian's packages) for the session;
+  ``postgres.new_database()`` gives each test an empty database.
 - ``mqtt_client``: a factory ``mqtt_client(broker, user, **kw) -> RecordingClient``
   (see :func:`testbed.connect_client` for ``kw``; ``cert=True`` logs in with a client
   certificate); the user is created on the broker if it does not exist yet; every
@@ -28,6 +30,7 @@ from typing import Any
 import pytest
 
 from testbed import Broker, MqttClientFactory, RecordingClient, connect_client
+from testbed.postgres import Postgres
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,6 +53,14 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster for the whole run (started on first use; each
+    test takes a fresh database from it with ``postgres.new_database()``)."""
+    with Postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture

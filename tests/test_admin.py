@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.deploy import accounts, admin
-from testbed import Broker
+from testbed import Broker, MqttClientFactory
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -141,3 +141,22 @@ def test_an_account_made_by_the_cli_logs_in(
     password = (broker.secret_dir / "dev-1.password").read_text().strip()
     assert broker.probe_login("dev-1", password) == 0
     assert broker.probe_login("dev-1", password + "x") != 0
+
+
+def test_add_server_instance_2_gets_an_account_and_its_acl_entry_once(
+    broker: Broker, mqtt_client: MqttClientFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--passwd-file", str(broker.passwd_path), "--secret-dir", str(broker.secret_dir)]
+    acl = ["--acl-file", str(broker.acl_file)]
+    for _ in range(2):  # again: re-keyed, the ACL entry not repeated
+        code, _out, _err = run(["add-server", "--instance", "2", *acl, *argv], capsys)
+        assert code == 0
+    assert broker.acl_file.read_text().count("user gochat-server-2\n") == 1
+    broker.reload()
+    password = (broker.secret_dir / "gochat-server-2.password").read_text().strip()
+    server2 = mqtt_client(broker, "gochat-server-2", password=password)
+    # It may do what the server does: read any user's requests, answer on any topic.
+    server2.subscribe_wait("gochat/v1/req/#", qos=1)
+    assert not server2.publish_wait("gochat/v1/resp/ann", b"{}", qos=1).is_failure
+    # And no device may take a server instance's name.
+    assert run(["add-device", "gochat-server-7", *argv], capsys)[0] == 2

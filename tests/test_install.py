@@ -39,6 +39,7 @@ from appliance.deploy import admin
 from appliance.deploy.brokerconf import LOOPBACK
 from testbed.broker import free_port
 from testbed.daemons import CoapClient, free_udp_port
+from testbed.postgres import Postgres
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLER = REPO / "scripts" / "install-pi"
@@ -326,6 +327,8 @@ def test_the_printed_steps_run_as_printed_and_a_room_forms(
         (["--coap-port", "x"], "--coap-port"),
         (["--server", "--broker-ports", "8883,8884"], "--broker-ports"),
         (["--broker-ports", "18883,18884,11883"], "--broker-ports"),  # not without --server
+        (["--server", "--store-url", "mysql://db/x"], "--store-url"),
+        (["--store-url", "postgresql://db/x"], "--store-url"),  # without --server
     ],
 )
 def test_the_installer_refuses_bad_arguments_before_doing_anything(
@@ -383,6 +386,27 @@ def test_password_mode_steps_work_and_a_foreign_venv_is_remade(tmp_path: Path) -
     assert any(" add-device pi-test --group " in s for s in steps), printed
     for step in steps:  # the check-config steps among them now pass
         me.run(step)
+
+
+def test_a_server_on_postgresql_gets_its_url_and_its_driver(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    root = tmp_path / "root"
+    url = postgres.new_database()
+    me = Operator(None, tmp_path)
+    printed = me.install(root, "--device", DEVICE, "--password", "--server", "--store-url", url)
+    server_toml = root / "etc/gochat/server.toml"
+    assert f'url = "{url}"' in server_toml.read_text()
+    steps = [s for s in STEP_RE.findall(printed) if not START_RE.match(s)]
+    for step in steps:  # the server's check-config among them
+        me.run(step)
+    # The installed server opens the database and makes its tables.
+    python = root / "opt/gochat/venv/bin/python"
+    opened = (
+        "from appliance.server.pg_store import PostgresStore;"
+        f"PostgresStore({url!r}, 'gochat-server').close()"
+    )
+    subprocess.run([str(python), "-c", opened], env=clean_env(), check=True, timeout=60)
 
 
 def test_a_device_only_install_checks_once_the_certificate_is_in_place(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import grp
 import hashlib
 import os
 import secrets
@@ -216,3 +217,23 @@ def _locked(passwd_path: Path, group: str | None) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+SERVER_GRANT = "topic readwrite gochat/#"
+"""What a server account may do, in the broker's ACL."""
+
+
+def grant_server(acl_path: Path, name: str) -> bool:
+    """Give server account ``name`` its ACL entry (``user NAME`` and
+    :data:`SERVER_GRANT`), unless it has one; True if the file changed."""
+    lines = acl_path.read_text(encoding="utf-8").splitlines()
+    if f"user {name}" in (line.strip() for line in lines):
+        return False
+    text = "\n".join([*lines, "", f"user {name}", SERVER_GRANT, ""])
+    st = acl_path.stat()
+    try:
+        group: str | None = grp.getgrgid(st.st_gid).gr_name  # the broker's, kept
+    except KeyError:
+        group = None
+    write_atomic(acl_path, text.encode(), st.st_mode & 0o777, group)
+    return True

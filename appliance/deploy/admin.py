@@ -20,13 +20,20 @@ from pathlib import Path
 from typing import NoReturn
 
 from appliance.deploy import brokerconf, ca, pki, revocation
-from appliance.deploy.accounts import InvalidNameError, add_user, check_name, remove_user
+from appliance.deploy.accounts import (
+    InvalidNameError,
+    add_user,
+    check_name,
+    grant_server,
+    remove_user,
+)
 from appliance.deploy.files import DeployError, broker_group
-from appliance.protocol.topics import SERVER_USER_ID, is_server_account
+from appliance.protocol.topics import SERVER_USER_ID, is_server_account, server_account
 from appliance.settings import BrokerSettings
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/gochat/passwd")
 DEFAULT_SECRET_DIR = Path("/etc/gochat/credentials")
+DEFAULT_ACL_FILE = Path("/etc/mosquitto/gochat/acl")
 DEFAULT_CA_DIR = Path("/etc/gochat/ca")
 DEFAULT_BROKER_DIR = Path("/etc/mosquitto/gochat")
 DEFAULT_PID_FILE = Path("/run/mosquitto/mosquitto.pid")
@@ -101,9 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     files(add_user)
     add_server = sub.add_parser(
         "add-server",
-        help=f"create or re-key the {SERVER_USER_ID} account",
-        description=f"Create the business server's broker account ({SERVER_USER_ID}), or"
-        " give it a new password, kept in SECRET_DIR for the server to read.",
+        help=f"create or re-key a server instance's account ({SERVER_USER_ID}[-N])",
+        description=f"Create a business server instance's broker account ({SERVER_USER_ID},"
+        f" or {SERVER_USER_ID}-N for instance N >= 2, with its ACL entry), or give it a new"
+        " password, kept in SECRET_DIR for the server to read.",
+    )
+    add_server.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"instance N >= 2 is {SERVER_USER_ID}-N, given its ACL entry too (default 1)",
+    )
+    add_server.add_argument(
+        "--acl-file",
+        type=Path,
+        metavar="PATH",
+        default=DEFAULT_ACL_FILE,
+        help=f"the broker's ACL, for instances >= 2 (default {DEFAULT_ACL_FILE})",
     )
     files(add_server)
     reader(add_server)
@@ -361,8 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = broker_group()
     try:
         if args.command == "add-server":
+            if args.instance < 1:
+                raise InvalidNameError("--instance: instances are numbered from 1")
+            account = server_account(args.instance)
+            if args.instance > 1 and grant_server(args.acl_file, account):
+                print(f"acl file: {args.acl_file} (grants {account})")
             secret = add_user(
-                passwd, secret_dir, SERVER_USER_ID, broker_group=group, reader_group=args.group
+                passwd, secret_dir, account, broker_group=group, reader_group=args.group
             )
         else:
             name: str = args.name

@@ -24,7 +24,7 @@ from pydantic_settings import SettingsConfigDict
 from appliance.audio.config import AudioConfig
 from appliance.deploy import pki
 from appliance.protocol.models import NAME_MAX
-from appliance.protocol.topics import ROOM_ID_RE, SERVER_USER_ID, is_user_id
+from appliance.protocol.topics import ROOM_ID_RE, is_server_account, is_user_id
 from appliance.settings import BrokerSettings, FileSettings, Section
 
 DEFAULT_CONFIG_PATH = Path("/etc/gochat/appliance.toml")
@@ -54,8 +54,8 @@ class DeviceSettings(Section):
     def _valid_user_id(cls, value: str) -> str:
         if not is_user_id(value):
             raise ValueError("must be 1-64 characters of A-Z a-z 0-9 _ . -")
-        if value == SERVER_USER_ID:
-            raise ValueError(f"{SERVER_USER_ID!r} is the business server's account")
+        if is_server_account(value):
+            raise ValueError(f"{value!r} is a business server's account")
         return value
 
     @property

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 ROOT = "gochat/v1"
 SERVER_USER_ID = "gochat-server"
+"""The first server instance's broker account; instance N (>= 2) is ``gochat-server-N``."""
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ROOM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -38,6 +39,13 @@ def is_server_account(user_id: str) -> bool:
 def is_user_id(value: str) -> bool:
     """Whether ``value`` is a valid user id: 1-64 chars of ``[A-Za-z0-9_.-]``."""
     return USER_ID_RE.fullmatch(value) is not None
+
+
+def server_account(instance: int) -> str:
+    """The broker account (and client id) of server instance ``instance`` (1, 2, ...)."""
+    if instance < 1:
+        raise ValueError("server instances are numbered from 1")
+    return SERVER_USER_ID if instance == 1 else f"{SERVER_USER_ID}-{instance}"
 
 
 def request(user_id: str, method: str) -> str:

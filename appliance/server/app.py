@@ -2,10 +2,15 @@
 
 paho runs on the asyncio loop (:class:`~appliance.mqtt.LoopDriver`), so everything
 happens on one thread and a message is handled where it is read. Requests are handled
-as they come and their effects batched: once the loop has drained what arrived, one
-SQLite transaction commits the batch, and only then are the replies, inbox commands
-and room states sent (group commit: a reply promises the change survives a crash, at
-one commit per batch rather than per request).
+as they come and their effects batched: once the loop has drained what arrived, the
+store commits the batch (SQLite: one transaction for all; PostgreSQL: each request
+committed in its own scope already), and only then are the replies, inbox commands
+and room states sent (a reply promises the change survives a crash).
+
+With a shared store (:attr:`Store.shared <appliance.server.store.Store.shared>`)
+several instances take requests and presence from one MQTT 5 shared subscription
+(``$share/gochat-server/...``), each under its own broker account; the instance that
+owns the timers also publishes every room's retained state.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from appliance.server.outbox import Outbox
 from appliance.server.publisher import RoomStatePublisher
 from appliance.server.rules import Outcome, RoomService
 from appliance.server.settings import ServerSettings
-from appliance.server.store import Store
+from appliance.server.store import Scope, Store
 
 log = logging.getLogger("gochat.server")
 
@@ -53,6 +58,7 @@ SHED_BACKLOG = 10_000
 SERVING_SUBSCRIPTION = 1  # MQTT 5 subscription identifiers: requests and presence
 SWEEP_SUBSCRIPTION = 2  # the janitor's short-lived look at retained messages
 BAD_TOPIC = "topic: must be gochat/v1/req/{user_id}/{method}"
+SHARE_GROUP = "gochat-server"  # the shared subscription's group: every instance
 
 
 @dataclass(slots=True)
@@ -115,6 +121,8 @@ class Server:
         self.outbox = Outbox(self._publish, self._loop)
         self.janitor = Janitor(self._clear_retained, self.counters)
         self._sweeps: list[asyncio.TimerHandle] = []
+        self._requests = _shared(topics.REQUESTS_TREE) if store.shared else topics.REQUESTS_TREE
+        self._presence = _shared(topics.PRESENCE_ALL) if store.shared else topics.PRESENCE_ALL
 
     # ------------------------------------------------------------ lifecycle
 
@@ -122,6 +130,7 @@ class Server:
         """Restore state, then connect (in the background, retrying until it works)."""
         self._absorb(self.service.restarted(self.clock()))
         self._flush()
+        self.store.watch_rooms(self.publisher.changed)
         broker = self.settings.broker
         self._driver.connect(broker.host, broker.port, broker.keepalive_s)
 
@@ -130,7 +139,8 @@ class Server:
         next_report = self._loop.time() + COUNTER_REPORT_S
         reported: Counter[str] = Counter()
         while not stop.is_set():
-            self._absorb(self.service.tick(self.clock()))
+            self._run_timers()
+            self.limiter.share(self.store.instances)
             self.limiter.prune(self.clock())
             self._schedule_flush()
             if self._loop.time() >= next_report:
@@ -140,6 +150,22 @@ class Server:
                     reported = self.counters.copy()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_INTERVAL_S)
+
+    def _run_timers(self) -> None:
+        """Tick the rules in each scope where something is due (SQLite: one, the whole
+        service; shared: none unless this instance owns the timers)."""
+        now = self.clock()
+        try:
+            duty = self.store.timers(self.service, now)
+            if duty.taken_over:
+                self._republish()
+            for scope in duty.scopes:
+                with self.store.scope(self.service, scope):
+                    outcome = self.service.tick(now)
+                self._absorb(outcome)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("timers failed; retrying on the next tick")
 
     def close(self) -> None:
         """Commit what is pending, send it, disconnect and close the store."""
@@ -166,8 +192,8 @@ class Server:
         self._driver.connected()
         client.subscribe(
             [
-                (topics.REQUESTS_TREE, _request_options(retained=False)),
-                (topics.PRESENCE_ALL, SubscribeOptions(qos=1)),
+                (self._requests, _request_options(retained=False, shared=self.store.shared)),
+                (self._presence, SubscribeOptions(qos=1)),
             ],
             properties=_subscription_id(SERVING_SUBSCRIPTION),
         )
@@ -224,9 +250,17 @@ class Server:
         log.info("connected to the broker")
         self.connected.set()
         # The broker may have lost retained states (restarted without persistence).
-        for room in self.service.rooms.values():
-            if not room.retained_cleared:
-                self.publisher.changed(room.room_id)
+        if self.store.owns_timers:
+            self._republish()
+
+    def _republish(self) -> None:
+        """Publish every room's retained state again (from the store: the latest)."""
+        try:
+            for room_id in self.store.published_rooms(self.service):
+                self.publisher.changed(room_id)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("cannot list the rooms to republish")
 
     # ------------------------------------------------------------ the janitor
 
@@ -237,12 +271,20 @@ class Server:
         broker sends what is retained there, flagged retained; such a request is never
         executed (:meth:`_handle_request`), only cleared. Renewing the same filter
         adds no second subscription, hence no duplicate of any live request. Audio: a
-        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`.
+        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`. A shared
+        subscription is never sent retained messages: then requests are swept like
+        audio, through a plain subscription of the sweep's own.
         """
-        self._client.subscribe(
-            [(topics.REQUESTS_TREE, _request_options(retained=True))],
-            properties=_subscription_id(SERVING_SUBSCRIPTION),
-        )
+        if self.store.shared:
+            self._client.subscribe(
+                [(topics.REQUESTS_TREE, _plain_request_options())],
+                properties=_subscription_id(SWEEP_SUBSCRIPTION),
+            )
+        else:
+            self._client.subscribe(
+                [(topics.REQUESTS_TREE, _request_options(retained=True))],
+                properties=_subscription_id(SERVING_SUBSCRIPTION),
+            )
         self._client.subscribe(
             [(topics.AUDIO_ALL, SubscribeOptions(qos=0, noLocal=True))],
             properties=_subscription_id(SWEEP_SUBSCRIPTION),
@@ -253,10 +295,13 @@ class Server:
         ]
 
     def _end_sweep(self) -> None:
-        self._client.subscribe(
-            [(topics.REQUESTS_TREE, _request_options(retained=False))],
-            properties=_subscription_id(SERVING_SUBSCRIPTION),
-        )
+        if self.store.shared:
+            self._client.unsubscribe(topics.REQUESTS_TREE)
+        else:
+            self._client.subscribe(
+                [(topics.REQUESTS_TREE, _request_options(retained=False))],
+                properties=_subscription_id(SERVING_SUBSCRIPTION),
+            )
         self._client.unsubscribe(topics.AUDIO_ALL)
 
     def _cancel_sweeps(self) -> None:
@@ -277,6 +322,11 @@ class Server:
                 # subscription; only a retained one matters here.
                 if message.retain:
                     self.janitor.found(topic, message.payload)
+                elif self._gated is Verdict.ALLOW:
+                    # A shared store sweeps through a plain subscription, which sees
+                    # every live request too: the gate counted a copy it must not.
+                    self.counters["requests"] -= 1
+                    self.limiter.refund(topics.request_owner(topic) or "")
                 return
             owner = topics.request_owner(topic)
             if owner is not None:
@@ -284,7 +334,10 @@ class Server:
                 return
             user_id = topics.parse_presence(topic)
             if user_id is not None:
-                self._absorb(self.service.presence_changed(user_id, self.clock()))
+                now = self.clock()
+                with self.store.scope(self.service, Scope(user_id, changes=False, now=now)):
+                    outcome = self.service.presence_changed(user_id, now)
+                self._absorb(outcome)
                 return
             self.counters["dropped_unknown_topic"] += 1
         except Exception:
@@ -300,6 +353,8 @@ class Server:
         if message.retain:
             # Published with the retain flag (seen live, thanks to retain-as-published):
             # never executed, and cleared so that no subscriber ever gets it again.
+            if not message.payload:
+                return  # a clear (a shared subscription cannot refuse our own: No Local)
             self.counters["dropped_retained"] += 1
             self.janitor.found(topic, message.payload)
             return
@@ -355,11 +410,15 @@ class Server:
             self.counters["replayed"] += 1
             self._replies.append(_Reply(user_id, correlation, replayed))
             return
-        response = self._execute(user_id, method, payload, now)
+        response = self._execute(user_id, method, payload, key, now)
+        if response is None:
+            return  # not committed: no answer, so the client retries
         self.replays.put(key, response, now)
         self._replies.append(_Reply(user_id, correlation, response))
 
-    def _execute(self, user_id: str, method: str, payload: bytes, now: float) -> bytes:
+    def _execute(
+        self, user_id: str, method: str, payload: bytes, key: bytes, now: float
+    ) -> bytes | None:
         if len(payload) > m.MAX_PAYLOAD_BYTES:
             self.counters["malformed"] += 1
             return envelope(
@@ -371,15 +430,34 @@ class Server:
             self.counters["malformed"] += 1
             return envelope(Code.BAD_REQUEST, str(exc), None)
         try:
-            outcome = self.service.handle(user_id, request, now)
-        except Exception:
+            with self.store.scope(
+                self.service, Scope.of_request(user_id, request, now, key)
+            ) as unit:
+                answered = unit.recall(key)
+                if answered is not None:  # applied by another instance: a retry
+                    self.counters["replayed"] += 1
+                    return answered
+                try:
+                    outcome = self.service.handle(user_id, request, now)
+                except Exception as exc:
+                    raise _RuleError from exc  # a shared store undoes what it changed
+                response = envelope(outcome.code, outcome.message, outcome.data)
+                unit.remember(key, response, now)
+        except _RuleError as failure:
             request_id = uuid.uuid4().hex[:12]
             self.counters["internal_errors"] += 1
-            log.exception("request %s (%s from %s) failed", request_id, method, user_id)
+            log.error(
+                "request %s (%s from %s) failed",
+                request_id, method, user_id, exc_info=failure.__cause__,
+            )  # fmt: skip
             return envelope(Code.INTERNAL, f"internal error (request id {request_id})", None)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("store failed on %s from %s; no answer (it is retried)", method, user_id)
+            return None
         self.counters[f"code_{int(outcome.code)}"] += 1
         self._absorb(outcome)
-        return envelope(outcome.code, outcome.message, outcome.data)
+        return response
 
     def _refuse(self, user_id: str, correlation: bytes | None, code: Code, why: str) -> None:
         self._replies.append(_Reply(user_id, correlation, envelope(code, why, None)))
@@ -431,8 +509,9 @@ class Server:
             return dumped[id(command)]
 
         self.outbox.send([(topics.inbox(user), payload(cmd)) for user, cmd in outcome.inbox])
-        for room_id in outcome.rooms_changed:
-            self.publisher.changed(room_id)
+        if not self.store.shared:  # shared: the timer owner publishes, from notifications
+            for room_id in outcome.rooms_changed:
+                self.publisher.changed(room_id)
         for room_id in outcome.retained_to_clear:
             self.publisher.clear(room_id)
 
@@ -440,7 +519,12 @@ class Server:
         if clear:
             self._publish(topics.room_state(room_id), b"", retain=True)
             return
-        room = self.service.rooms.get(room_id)
+        try:
+            room = self.store.room(self.service, room_id)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("cannot read room %s to publish its state", room_id)
+            return
         if room is None:
             return
         self.counters["room_state_publishes"] += 1
@@ -465,14 +549,28 @@ class Server:
         return info.mid
 
 
-def _request_options(*, retained: bool) -> SubscribeOptions:
+class _RuleError(Exception):
+    """The rules raised (a bug): answered 500, and a shared store rolls back."""
+
+
+def _shared(topic_filter: str) -> str:
+    return f"$share/{SHARE_GROUP}/{topic_filter}"
+
+
+def _plain_request_options() -> SubscribeOptions:
+    """The shared store's sweep of retained requests: sent what is retained."""
+    return SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
+
+
+def _request_options(*, retained: bool, shared: bool = False) -> SubscribeOptions:
     """Options of the request subscription. Normally retain handling 2: no retained
     request is ever sent to the server. Retain As Published, so a request published
     with the retain flag is seen as such (and dropped); No Local, since the janitor's
-    clears land there too. ``retained``: retain handling 0, for the janitor's sweep."""
+    clears land there too (not on a shared subscription, where MQTT 5 forbids it).
+    ``retained``: retain handling 0, for the janitor's sweep."""
     return SubscribeOptions(
         qos=1,
-        noLocal=True,
+        noLocal=not shared,
         retainAsPublished=True,
         retainHandling=(
             SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE

@@ -36,9 +36,19 @@ class RateLimiter:
     """
 
     def __init__(self, per_second: int = RATE_LIMIT_PER_S, window_s: float = 1.0) -> None:
+        self.limit = per_second
         self.per_second = per_second
         self.window_s = window_s
         self._users: dict[str, _Window] = {}
+
+    def share(self, instances: int) -> None:
+        """Enforce this instance's share of the limit when ``instances`` servers take
+        requests from one shared subscription: the broker deals each user's requests
+        out among them in turn, so shares of ``limit / instances`` add up to the limit."""
+        per_second = max(1, -(-self.limit // max(1, instances)))
+        if per_second != self.per_second:
+            self.per_second = per_second
+            self._users.clear()  # windows are sized by the old share
 
     def check(self, user_id: str, now: float) -> Verdict:
         """Count one request from ``user_id`` at ``now`` and say what to do with it."""
@@ -53,6 +63,13 @@ class RateLimiter:
             window.rejected.append(now)
             return Verdict.REJECT
         return Verdict.DROP
+
+    def refund(self, user_id: str) -> None:
+        """Forget the last request :meth:`check` allowed for ``user_id`` (it was a
+        copy of one counted already)."""
+        window = self._users.get(user_id)
+        if window is not None and window.accepted:
+            window.accepted.pop()
 
     def _has_room(self, times: deque[float], now: float) -> bool:
         return len(times) < self.per_second or now - times[0] >= self.window_s

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from appliance.server.app import Server
+from appliance.server.engines import open_store
 from appliance.server.rules import RoomService
 from appliance.server.settings import ServerSettings
 from appliance.server.store import Store, StoreError
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        store = Store(settings.store.path)
+        store = open_store(settings.store, settings.username)
     except StoreError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -117,6 +117,15 @@ class RoomService:
             m.Method.SET_USER_INFO: self._set_user_info,
         }
 
+    def forget(self) -> None:
+        """Drop every record (a shared store loads what each request needs afresh)."""
+        self.sessions.clear()
+        self.rooms.clear()
+        self.invitations.clear()
+        self.open_invitation_of.clear()
+        self.voice.forget_all()
+        self.dirty = Dirty()
+
     # ------------------------------------------------------------ entry points
 
     def handle(self, user_id: str, request: m.Request, now: float) -> Outcome:

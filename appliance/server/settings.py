@@ -5,16 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from appliance.protocol.topics import SERVER_USER_ID
 from appliance.settings import BrokerSettings, FileSettings, Section
 
 
 class StoreSettings(Section):
-    """Where the SQLite database lives."""
+    """Where the rooms are stored: SQLite at ``path`` (the default), or PostgreSQL at
+    ``url`` (``postgresql://user:password@host/db``), which wins over ``path`` and lets
+    several server instances share the rooms."""
 
     path: Path = Path("/var/lib/gochat/server.db")
+    url: SecretStr | None = None  # may carry a password: never logged
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = value.get_secret_value().split(":", 1)[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
 
 
 class LogSettings(Section):

@@ -102,6 +102,11 @@ class VoiceKeys:
         self.keys.pop(room_id, None)
         self._pending.pop(room_id, None)
 
+    def forget_all(self) -> None:
+        """Forget every room's key (the service is being reloaded)."""
+        self.keys.clear()
+        self._pending.clear()
+
     def current(self, room_id: str) -> RoomKey:
         """The room's current key; KeyError if it has none."""
         return self.keys[room_id]

@@ -28,6 +28,7 @@ def run_server(*args: str) -> subprocess.CompletedProcess[str]:
         ("[broker]\nport = 'x'\n", "broker.port"),
         ("[broker]\npassword_file = '/no/such/file'\n", "broker.password_file"),
         ("[store]\npaht = 'x.db'\n", "store.paht"),
+        ("[store]\nurl = 'mysql://db/x'\n", "store.url"),
         ("[log]\nlevel = 'LOUD'\n", "log.level"),
         ("[broker\n", "config file"),
     ],
@@ -67,3 +68,25 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 def test_the_shipped_example_is_valid_but_for_its_password_file() -> None:
     result = run_server("--config", str(REPO / "config" / "server.toml"))
     assert result.returncode == 78 and "broker.password_file" in result.stderr
+
+
+def test_a_store_url_in_the_environment_selects_postgresql_and_hides_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text("[store]\npath = 'rooms.db'\n")
+    monkeypatch.setenv("GOCHAT_STORE__URL", "postgresql://gochat:pa55word@db.lan/gochat")
+    settings = ServerSettings.load(config)
+    assert settings.store.url is not None  # wins over path (appliance.server.engines.open_store)
+    assert settings.store.url.get_secret_value().endswith("@db.lan/gochat")
+    assert "pa55word" not in repr(settings)
+
+
+def test_an_unreachable_postgresql_is_one_line_and_exit_78(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        "[broker]\nport = 1883\n[store]\nurl = 'postgresql://u:pa55word@127.0.0.1:1/db'\n"
+    )
+    result = run_server("--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "cannot open store" in result.stderr and "pa55word" not in result.stderr

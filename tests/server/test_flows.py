@@ -5,11 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
 from testbed.server import RunningServer
 
 Users = Callable[..., GoChatClient]
+
+# The protocol against both stores: SQLite, and two instances on PostgreSQL.
+pytestmark = pytest.mark.parametrize("server", ["sqlite", "postgresql"], indirect=True)
 
 
 def seats(state: m.RoomState) -> list[tuple[str, str, bool]]:

@@ -7,6 +7,8 @@ import json
 import time
 from collections.abc import Callable
 
+import pytest
+
 from appliance.client import GoChatClient
 from appliance.protocol import models as m
 from appliance.protocol import topics
@@ -14,6 +16,9 @@ from testbed import Broker
 from testbed.server import RunningServer, connect
 
 Users = Callable[..., GoChatClient]
+
+# The protocol against both stores: SQLite, and two instances on PostgreSQL.
+pytestmark = pytest.mark.parametrize("server", ["sqlite", "postgresql"], indirect=True)
 
 
 def test_a_burst_is_coalesced_and_ends_on_the_latest_version(

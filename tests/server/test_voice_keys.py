@@ -17,7 +17,8 @@ from appliance.protocol import models as m
 from appliance.protocol import topics, voice
 from appliance.protocol.models import Code
 from appliance.server.rules import Limits, Outcome, RoomService
-from appliance.server.store import SCHEMA_VERSION, Store
+from appliance.server.sqlite_store import SCHEMA_VERSION
+from appliance.server.sqlite_store import SqliteStore as Store
 from appliance.server.voicekeys import KEY_BYTES, VoiceKeys
 from testbed.server import RunningServer
 
@@ -373,7 +374,7 @@ def test_a_version_1_store_is_migrated_and_its_open_rooms_get_keys(tmp_path: Pat
     assert sorted(w.take()) == [("ann", 1), ("host", 1)]
     store = Store(db)
     (version,) = store._db.execute("PRAGMA user_version").fetchone()
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     store.flush(w.service)
     store.close()
     media = reload(db, T0 + 1).join("ann", "r1")
