@@ -10,7 +10,7 @@ and what the new subscriber got.
 
 Run (from the repository root)::
 
-    .venv/bin/python -m benchmarks.retained_junk [--count 750]
+    .venv/bin/python -m benchmarks.retained_junk [--count 750] [--smoke]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from appliance.protocol import topics
-from benchmarks._common import machine_header, markdown_table
+from benchmarks._common import add_smoke_flag, machine_header, markdown_table
 from testbed import Broker, RecordingClient, connect_client
 
 PACKET_LIMIT = 65536  # max_packet_size in the shipped configuration
@@ -75,7 +75,10 @@ def run(guarded: bool, count: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=750)
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.count = 10
     rows = [run(guarded, args.count) for guarded in (True, False)]
     print(machine_header("Retained junk from one device"))
     head = ["broker", "retained flood", "answer", "broker RSS", "a new subscriber gets"]

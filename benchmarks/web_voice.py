@@ -68,6 +68,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from appliance.pageserver import PageServer
 from benchmarks._common import (
+    add_smoke_flag,
     drain_datagrams,
     machine_header,
     markdown_table,
@@ -301,7 +302,7 @@ def cpu_percent(read: Callable[[], float], seconds: float) -> float:
     return (read() - before) / (time.monotonic() - t0) * 100
 
 
-def cpu_three_speakers(rig: Rig, marker: str) -> dict[str, float]:
+def cpu_three_speakers(rig: Rig, marker: str, window_s: float = CPU_WINDOW_S) -> dict[str, float]:
     """Chromium's CPU: a blank page (the floor), the page in no room, the page hearing
     three speakers; and an appliance hearing the same three."""
     browser = chromium_pid(marker)
@@ -310,12 +311,12 @@ def cpu_three_speakers(rig: Rig, marker: str) -> dict[str, float]:
         return sum(process_cpu_seconds(pid) for pid in descendants(browser))
 
     blank = rig.browser.new_page()
-    log(f"CPU: Chromium with a blank page for {CPU_WINDOW_S:.0f} s (the floor)")
-    floor = cpu_percent(chromium, CPU_WINDOW_S)
+    log(f"CPU: Chromium with a blank page for {window_s:.0f} s (the floor)")
+    floor = cpu_percent(chromium, window_s)
     blank.close()
     page = rig.page("cpu-page")
-    log(f"CPU: the page in no room for {CPU_WINDOW_S:.0f} s")
-    lobby = cpu_percent(chromium, CPU_WINDOW_S)
+    log(f"CPU: the page in no room for {window_s:.0f} s")
+    lobby = cpu_percent(chromium, window_s)
     speakers = [
         rig.appliance(f"cpu-s{i}", audio={"mock_input": f"tone:{hz}", "dtx": False})
         for i, hz in enumerate((300, 450, 600))
@@ -332,11 +333,11 @@ def cpu_three_speakers(rig: Rig, marker: str) -> dict[str, float]:
     page.join(room_id)
     page.wait_stats(lambda s: len(s["playout"]["speakers"]) == 3, what="three speakers")
     time.sleep(2)
-    log(f"CPU: the page and appliance B hear three speakers for {CPU_WINDOW_S:.0f} s")
+    log(f"CPU: the page and appliance B hear three speakers for {window_s:.0f} s")
     assert b.proc is not None
     pid = b.proc.pid
     b_before, t0 = process_cpu_seconds(pid), time.monotonic()
-    heard = cpu_percent(chromium, CPU_WINDOW_S)
+    heard = cpu_percent(chromium, window_s)
     appliance = (process_cpu_seconds(pid) - b_before) / (time.monotonic() - t0) * 100
     stats = page.stats()["playout"]
     return {
@@ -384,15 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clicks", type=int, default=60, help="per direction (default 60)")
     parser.add_argument("--quick", action="store_true", help="25 clicks per direction")
     parser.add_argument("--seed", type=int, default=7)
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
-    clicks = 25 if args.quick else args.clicks
+    clicks = 3 if args.smoke else 25 if args.quick else args.clicks
+
     with tempfile.TemporaryDirectory(prefix="web-voice-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         page_track = make_clicks(root / "page-clicks.wav", clicks, args.seed + 1, RATE)
         try:
             rig = Rig(stack, root, page_track.path)
             m2e = mouth_to_ear(rig, clicks, args.seed, page_track)
-            cpu = cpu_three_speakers(rig, str(page_track.path))
+            cpu = cpu_three_speakers(rig, str(page_track.path), 1.0 if args.smoke else CPU_WINDOW_S)
         except (BenchError, TimeoutError) as exc:
             print(f"web_voice: {exc}", file=sys.stderr)
             return 1

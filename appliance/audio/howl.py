@@ -59,6 +59,7 @@ class HowlGuard:
         self._recover_db = tuning.recover_db_per_s * self._block_s
         self._run = 0  # tonal blocks in a row
         self._powers: deque[float] = deque(maxlen=self._hold_blocks)  # the tone's power
+        self._mic: deque[float] = deque(maxlen=self._hold_blocks)  # the microphone's, meanwhile
         self._grow_ratio = 10 ** (tuning.grow_db / 10)
         self._step_ratio = 10 ** (tuning.grow_db / 4 / 10)  # each third grows a quarter of it
         self._loud_power = _FULL_SCALE_SQ * 10 ** (tuning.loud_dbfs / 10)
@@ -71,15 +72,20 @@ class HowlGuard:
         """Whether a howl is being cut (or the cut is still being lifted)."""
         return self.gain_db < 0.0
 
-    def process(self, pcm: Int16Array, heard: Int16Array | None = None) -> None:
+    def process(
+        self, pcm: Int16Array, heard: Int16Array | None = None, mic: Int16Array | None = None
+    ) -> None:
         """Look at one outgoing block and, while it howls, cut it (in place).
 
-        ``heard``: the same block as the room gave it, before any gain of ours (default:
-        ``pcm``). A loop builds up in the room, so that is where the guard listens: a
-        gain stage lifting a steady tone at its first speech is no build-up.
+        ``heard``: the same block before any gain of ours (default: ``pcm``), where the
+        guard looks for a tone; ``mic``: the microphone's block it came from (default:
+        ``heard``), where it looks for a build-up. A loop builds up in the room: a gain
+        lifting a steady tone at its first speech, or the echo canceller letting a near
+        talker through once the far end starts, is no build-up.
         """
-        tone = self._tone(pcm if heard is None else heard)
-        self._follow(tone)
+        heard = pcm if heard is None else heard
+        tone = self._tone(heard)
+        self._follow(tone, heard if mic is None else mic)
         before = self.gain_db
         self._steer(tone is not None)
         if before != 0.0 or self.gain_db != 0.0:
@@ -100,28 +106,31 @@ class HowlGuard:
             return None
         return k, peak / self._window_power
 
-    def _follow(self, tone: tuple[int, float] | None) -> None:
+    def _follow(self, tone: tuple[int, float] | None, mic: Int16Array) -> None:
         """Count the tonal blocks in a row (a loop may hop between its modes)."""
         if tone is None:
             self._run = 0
             self._powers.clear()
+            self._mic.clear()
             return
         self._run += 1
         self._powers.append(tone[1])
+        x = mic.astype(np.float32)
+        self._mic.append(float(np.dot(x, x)) / len(x))
 
     @property
     def _howling(self) -> bool:
-        """Tonal long enough, and either building up or already ringing at a level no
-        voice holds as a pure tone. Building up means each third of the hold louder than
-        the one before (by medians) and the last by :attr:`HowlTuning.grow_db` over the
-        first: a loop grows round trip after round trip, while a level that steps up
-        once (the echo canceller letting a near talker through, a gain starting) is
+        """Tonal long enough, and either ringing at a level no voice holds as a pure
+        tone, or building up in the microphone: each third of the hold louder there than
+        the one before (by medians), the last by :attr:`HowlTuning.grow_db` over the
+        first. A loop grows round trip after round trip; a level that steps up once is
         flat in two of the thirds."""
         if self._run < self._hold_blocks:
             return False
         powers = list(self._powers)
         if sorted(powers)[len(powers) // 2] >= self._loud_power:
             return True
+        powers = list(self._mic)
         third = max(1, self._hold_blocks // 3)
         early, middle, late = (
             sorted(part)[len(part) // 2]

@@ -423,7 +423,7 @@ class CaptureChain:
         for at in range(0, n, self.frame):
             self._frame(pcm[at : at + self.frame], far, at, far_heard)
         if self.howl is not None:
-            self.howl.process(self._out, self._heard if self.gain is not None else None)
+            self.howl.process(self._out, self._heard if self.gain is not None else None, pcm)
         return self._out
 
     def _frame(self, near: Int16Array, far: Int16Array | None, at: int, far_heard: bool) -> None:
