@@ -310,16 +310,12 @@ class Server:
         broker sends what is retained there, flagged retained; such a request is never
         executed (:meth:`_handle_request`), only cleared. Renewing the same filter
         adds no second subscription, hence no duplicate of any live request. Audio: a
-        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`. A shared
-        subscription is never sent retained messages: then requests are swept like
-        audio, through a plain subscription of the sweep's own.
+        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`. Instances on a
+        shared subscription sweep audio only: the broker never sends a retained
+        message to a shared subscription, so a retained request is never executed
+        (one published live is seen and cleared as above).
         """
-        if self.store.shared:
-            self._client.subscribe(
-                [(topics.REQUESTS_TREE, _plain_request_options())],
-                properties=_subscription_id(SWEEP_SUBSCRIPTION),
-            )
-        else:
+        if not self.store.shared:
             self._client.subscribe(
                 [(topics.REQUESTS_TREE, _request_options(retained=True))],
                 properties=_subscription_id(SERVING_SUBSCRIPTION),
@@ -334,9 +330,7 @@ class Server:
         ]
 
     def _end_sweep(self) -> None:
-        if self.store.shared:
-            self._client.unsubscribe(topics.REQUESTS_TREE)
-        else:
+        if not self.store.shared:
             self._client.subscribe(
                 [(topics.REQUESTS_TREE, _request_options(retained=False))],
                 properties=_subscription_id(SERVING_SUBSCRIPTION),
@@ -361,11 +355,6 @@ class Server:
                 # subscription; only a retained one matters here.
                 if message.retain:
                     self.janitor.found(topic, message.payload)
-                elif self._gated is Verdict.ALLOW:
-                    # A shared store sweeps through a plain subscription, which sees
-                    # every live request too: the gate counted a copy it must not.
-                    self.counters["requests"] -= 1
-                    self.limiter.refund(topics.request_owner(topic) or "")
                 return
             owner = topics.request_owner(topic)
             if owner is not None:
@@ -594,11 +583,6 @@ class _RuleError(Exception):
 
 def _shared(topic_filter: str) -> str:
     return f"$share/{SHARE_GROUP}/{topic_filter}"
-
-
-def _plain_request_options() -> SubscribeOptions:
-    """The shared store's sweep of retained requests: sent what is retained."""
-    return SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
 
 
 def _request_options(*, retained: bool, shared: bool = False) -> SubscribeOptions:
