@@ -9,7 +9,9 @@ and room states sent (a reply promises the change survives a crash).
 
 With a shared store (:attr:`Store.shared <appliance.server.store.Store.shared>`)
 several instances take requests and presence from one MQTT 5 shared subscription
-(``$share/gochat-server/...``), each under its own broker account; the instance that
+(``$share/{group}/...``, the group a secret kept in the database: a client that
+joined a guessable group would be dealt requests it may not read, and the broker
+would drop them), each under its own broker account; the instance that
 owns the timers also publishes every room's retained state.
 """
 
@@ -58,7 +60,6 @@ SHED_BACKLOG = 10_000
 SERVING_SUBSCRIPTION = 1  # MQTT 5 subscription identifiers: requests and presence
 SWEEP_SUBSCRIPTION = 2  # the janitor's short-lived look at retained messages
 BAD_TOPIC = "topic: must be gochat/v1/req/{user_id}/{method}"
-SHARE_GROUP = "gochat-server"  # the shared subscription's group: every instance
 
 
 @dataclass(slots=True)
@@ -122,8 +123,9 @@ class Server:
         self.outbox = Outbox(self._publish, self._loop)
         self.janitor = Janitor(self._clear_retained, self.counters)
         self._sweeps: list[asyncio.TimerHandle] = []
-        self._requests = _shared(topics.REQUESTS_TREE) if store.shared else topics.REQUESTS_TREE
-        self._presence = _shared(topics.PRESENCE_ALL) if store.shared else topics.PRESENCE_ALL
+        group = store.share_group
+        self._requests = _shared(group, topics.REQUESTS_TREE) if group else topics.REQUESTS_TREE
+        self._presence = _shared(group, topics.PRESENCE_ALL) if group else topics.PRESENCE_ALL
 
     # ------------------------------------------------------------ lifecycle
 
@@ -581,8 +583,8 @@ class _RuleError(Exception):
     """The rules raised (a bug): answered 500, and a shared store rolls back."""
 
 
-def _shared(topic_filter: str) -> str:
-    return f"$share/{SHARE_GROUP}/{topic_filter}"
+def _shared(group: str, topic_filter: str) -> str:
+    return f"$share/{group}/{topic_filter}"
 
 
 def _request_options(*, retained: bool, shared: bool = False) -> SubscribeOptions:

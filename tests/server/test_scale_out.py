@@ -192,3 +192,18 @@ def test_an_invitation_expires_once_with_two_instances(
             client.next_inbox("invite_expired", timeout_s=1.0)  # and only once
     host.close()
     ann.close()
+
+
+@TWO_IN_PROCESS
+def test_a_client_joining_a_shared_subscription_takes_no_request(
+    broker: Broker, server: RunningServer, mqtt_client: MqttClientFactory
+) -> None:
+    # The ACL cannot stop a subscription, and the broker drops a request it deals to a
+    # member of the group that may not read it: the group's name is the servers' secret.
+    mallory = mqtt_client(broker, "mallory")
+    for group in ("gochat-server", "gochat", "server"):
+        mallory.subscribe_wait(f"$share/{group}/{topics.REQUESTS_TREE}", qos=1)
+    ann = connect(broker, "ann")
+    for _ in range(12):
+        assert ann.request(m.Method.HEARTBEAT, {}, timeout_s=5).code == 0
+    ann.close()
