@@ -207,3 +207,28 @@ def test_a_client_joining_a_shared_subscription_takes_no_request(
     for _ in range(12):
         assert ann.request(m.Method.HEARTBEAT, {}, timeout_s=5).code == 0
     ann.close()
+
+
+def test_requests_during_a_database_outage_are_not_answered_then_are(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with Postgres() as cluster:
+        url = cluster.new_database()
+        server = RunningServer(broker, tmp_path / "unused.db", store_url=url).start()
+        try:
+            host = connect(broker, "host")
+            created = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)
+            cluster.halt()
+            # No answer rather than a wrong one: nothing could be committed.
+            with pytest.raises(TimeoutError):
+                host.request(m.Method.HEARTBEAT, {}, timeout_s=1.0)
+            cluster.start()
+            # The server opens its connections again and answers.
+            answered = _call_retrying(host, m.Method.HEARTBEAT, {})
+            assert answered.data == {
+                "room_id": created["room"]["room_id"],
+                "room_version": created["room"]["version"],
+            }
+            host.close()
+        finally:
+            server.stop()
