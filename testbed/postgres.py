@@ -122,7 +122,7 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
 
-    # --- helpers -------------------------------------------------------------------
+    # --- internals -----------------------------------------------------------------
 
     def _run(self, *argv: str) -> None:
         user = self._account.pw_name if self._account is not None else None
