@@ -23,8 +23,8 @@ killed instance.
 
 Run (from the repository root)::
 
-    .venv/bin/python -m benchmarks.scale_out --quick   # < 2 minutes
-    .venv/bin/python -m benchmarks.scale_out           # about 4 minutes
+    .venv/bin/python -m benchmarks.scale_out --quick   # about 3 minutes
+    .venv/bin/python -m benchmarks.scale_out           # about 7 minutes
 
 Targets: none asserted; the README states the figures as ratios to the SQLite
 column measured in the same run.
@@ -351,7 +351,7 @@ def failover_table(result: Failover) -> str:
 def parse_args(argv: Sequence[str] | None) -> tuple[Config, bool]:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller numbers, < 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller numbers, ~3 minutes")
     parser.add_argument("--rate", type=float, help="heartbeats/s offered (default 400)")
     parser.add_argument("--listeners", type=int, help="join-storm listeners (default 2000)")
     parser.add_argument("--join-rate", type=float, help="joins/s offered (default 300)")

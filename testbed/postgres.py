@@ -75,7 +75,7 @@ class Postgres:
                 pg_bin("initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
                 "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
             )  # fmt: skip
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps the port
         options = f"-p {self.port} -k {self.workdir} -c listen_addresses={self.host}"
         if not self.durable:
             options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
@@ -88,8 +88,13 @@ class Postgres:
         """Stop (fast shutdown) and remove every file."""
         if self.datadir.exists():
             with contextlib.suppress(PostgresError):
-                self._run(pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "stop")
+                self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut), keeping its files for
+        :meth:`start` again on the same port."""
+        self._run(pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "stop")
 
     def __enter__(self) -> Self:
         self.start()
@@ -117,7 +122,7 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
 
-    # --- helpers -------------------------------------------------------------------
+    # --- internals -----------------------------------------------------------------
 
     def _run(self, *argv: str) -> None:
         user = self._account.pw_name if self._account is not None else None

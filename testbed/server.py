@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +100,7 @@ class RunningServer:
     ) -> None:
         self.settings = server_settings(broker, db_path, store_url, instance)
         self.store_url = store_url
+        self.peers: list[RunningServer] = []  # other instances on the same store
         self.clock = clock or OffsetClock()
         self._new_service = service
         self.server: Server | None = None
@@ -134,6 +136,15 @@ class RunningServer:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+    def counters(self) -> Counter[str]:
+        """This instance's counters, plus its :attr:`peers`' (requests are dealt out
+        among them)."""
+        total: Counter[str] = Counter()
+        for running in (self, *self.peers):
+            if running.server is not None:
+                total.update(running.server.counters)
+        return total
 
     def call(self, fn: object) -> None:
         """Run ``fn()`` on the server's loop (e.g. to poke its internals)."""

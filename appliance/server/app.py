@@ -9,7 +9,9 @@ and room states sent (a reply promises the change survives a crash).
 
 With a shared store (:attr:`Store.shared <appliance.server.store.Store.shared>`)
 several instances take requests and presence from one MQTT 5 shared subscription
-(``$share/gochat-server/...``), each under its own broker account; the instance that
+(``$share/{group}/...``, the group a secret kept in the database: a client that
+joined a guessable group would be dealt requests it may not read, and the broker
+would drop them), each under its own broker account; the instance that
 owns the timers also publishes every room's retained state.
 """
 
@@ -58,7 +60,6 @@ SHED_BACKLOG = 10_000
 SERVING_SUBSCRIPTION = 1  # MQTT 5 subscription identifiers: requests and presence
 SWEEP_SUBSCRIPTION = 2  # the janitor's short-lived look at retained messages
 BAD_TOPIC = "topic: must be gochat/v1/req/{user_id}/{method}"
-SHARE_GROUP = "gochat-server"  # the shared subscription's group: every instance
 
 
 @dataclass(slots=True)
@@ -121,8 +122,9 @@ class Server:
         self.outbox = Outbox(self._publish, self._loop)
         self.janitor = Janitor(self._clear_retained, self.counters)
         self._sweeps: list[asyncio.TimerHandle] = []
-        self._requests = _shared(topics.REQUESTS_TREE) if store.shared else topics.REQUESTS_TREE
-        self._presence = _shared(topics.PRESENCE_ALL) if store.shared else topics.PRESENCE_ALL
+        group = store.share_group
+        self._requests = _shared(group, topics.REQUESTS_TREE) if group else topics.REQUESTS_TREE
+        self._presence = _shared(group, topics.PRESENCE_ALL) if group else topics.PRESENCE_ALL
 
     # ------------------------------------------------------------ lifecycle
 
@@ -271,16 +273,12 @@ class Server:
         broker sends what is retained there, flagged retained; such a request is never
         executed (:meth:`_handle_request`), only cleared. Renewing the same filter
         adds no second subscription, hence no duplicate of any live request. Audio: a
-        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`. A shared
-        subscription is never sent retained messages: then requests are swept like
-        audio, through a plain subscription of the sweep's own.
+        subscription of its own, at QoS 0, for :data:`SWEEP_WINDOW_S`. Instances on a
+        shared subscription sweep audio only: the broker never sends a retained
+        message to a shared subscription, so a retained request is never executed
+        (one published live is seen and cleared as above).
         """
-        if self.store.shared:
-            self._client.subscribe(
-                [(topics.REQUESTS_TREE, _plain_request_options())],
-                properties=_subscription_id(SWEEP_SUBSCRIPTION),
-            )
-        else:
+        if not self.store.shared:
             self._client.subscribe(
                 [(topics.REQUESTS_TREE, _request_options(retained=True))],
                 properties=_subscription_id(SERVING_SUBSCRIPTION),
@@ -295,9 +293,7 @@ class Server:
         ]
 
     def _end_sweep(self) -> None:
-        if self.store.shared:
-            self._client.unsubscribe(topics.REQUESTS_TREE)
-        else:
+        if not self.store.shared:
             self._client.subscribe(
                 [(topics.REQUESTS_TREE, _request_options(retained=False))],
                 properties=_subscription_id(SERVING_SUBSCRIPTION),
@@ -322,11 +318,6 @@ class Server:
                 # subscription; only a retained one matters here.
                 if message.retain:
                     self.janitor.found(topic, message.payload)
-                elif self._gated is Verdict.ALLOW:
-                    # A shared store sweeps through a plain subscription, which sees
-                    # every live request too: the gate counted a copy it must not.
-                    self.counters["requests"] -= 1
-                    self.limiter.refund(topics.request_owner(topic) or "")
                 return
             owner = topics.request_owner(topic)
             if owner is not None:
@@ -553,13 +544,8 @@ class _RuleError(Exception):
     """The rules raised (a bug): answered 500, and a shared store rolls back."""
 
 
-def _shared(topic_filter: str) -> str:
-    return f"$share/{SHARE_GROUP}/{topic_filter}"
-
-
-def _plain_request_options() -> SubscribeOptions:
-    """The shared store's sweep of retained requests: sent what is retained."""
-    return SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
+def _shared(group: str, topic_filter: str) -> str:
+    return f"$share/{group}/{topic_filter}"
 
 
 def _request_options(*, retained: bool, shared: bool = False) -> SubscribeOptions:

@@ -64,13 +64,6 @@ class RateLimiter:
             return Verdict.REJECT
         return Verdict.DROP
 
-    def refund(self, user_id: str) -> None:
-        """Forget the last request :meth:`check` allowed for ``user_id`` (it was a
-        copy of one counted already)."""
-        window = self._users.get(user_id)
-        if window is not None and window.accepted:
-            window.accepted.pop()
-
     def _has_room(self, times: deque[float], now: float) -> bool:
         return len(times) < self.per_second or now - times[0] >= self.window_s
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -132,11 +133,27 @@ class PostgresStore:
         self._on_changed: Callable[[str], None] | None = None
         self._conn = self._connect()
         self._migrate()
+        self._share_group = self._deployment_group()
 
     @property
     def owns_timers(self) -> bool:
         """Whether this instance held the timer lease at its last renewal."""
         return self._owner
+
+    @property
+    def share_group(self) -> str | None:
+        """The instances' shared subscription group (made by the first one)."""
+        return self._share_group
+
+    def _deployment_group(self) -> str:
+        with self._conn.transaction():
+            self._conn.execute("LOCK TABLE deployment IN EXCLUSIVE MODE")
+            row = self._conn.execute("SELECT share_group FROM deployment").fetchone()
+            if row is not None:
+                return str(row[0])
+            group = f"gochat-{secrets.token_hex(12)}"
+            self._conn.execute("INSERT INTO deployment VALUES (%s)", (group,))
+            return group
 
     @property
     def instances(self) -> int:

@@ -19,6 +19,7 @@ the same columns and tables and leaves them at their defaults:
 * ``replies``: the answer to each changing request, by its replay key, so a retry that
   reaches another instance is answered, not applied again.
 * ``leases``: who owns the timers, until when (PostgreSQL's clock).
+* ``deployment``: the instances' shared subscription group, a random secret.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ CREATE INDEX IF NOT EXISTS replies_by_age ON replies (at);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {real} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deployment (share_group TEXT NOT NULL);
 """,
 }
 

@@ -45,6 +45,7 @@ class SqliteStore:
     """Loads a :class:`RoomService` from SQLite and writes its changes back."""
 
     shared = False
+    share_group = None
     owns_timers = True
     instances = 1
 

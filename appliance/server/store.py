@@ -99,6 +99,14 @@ class Store(Protocol):
     owner, from the commits' notifications, so versions never go back."""
 
     @property
+    def share_group(self) -> str | None:
+        """The MQTT 5 shared subscription group of the instances (None: one instance,
+        a plain subscription). A secret: the broker's ACL cannot stop a client from
+        joining a group, and a member that may not read a request makes the broker
+        drop it."""
+        ...
+
+    @property
     def owns_timers(self) -> bool:
         """Whether this instance runs the timers and publishes room states."""
         ...

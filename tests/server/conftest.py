@@ -34,6 +34,7 @@ def server(
     second = RunningServer(
         broker, tmp_path / "unused.db", first.clock, store_url=url, instance=2
     ).start()
+    first.peers.append(second)
     yield first
     second.stop()
     first.stop()

@@ -14,13 +14,3 @@ def test_each_of_n_instances_allows_its_share_of_the_limit() -> None:
     assert limiter.per_second == 7  # rounded up: the shares never add up to less
     limiter.share(1)
     assert [limiter.check("ann", 101.0) for _ in range(20)] == [Verdict.ALLOW] * 20
-
-
-def test_a_refund_returns_the_last_allowed_request() -> None:
-    limiter = RateLimiter(per_second=2)
-    assert limiter.check("ann", 1.0) is Verdict.ALLOW
-    assert limiter.check("ann", 1.0) is Verdict.ALLOW
-    limiter.refund("ann")  # a copy of one counted already (the sweep's subscription)
-    assert limiter.check("ann", 1.0) is Verdict.ALLOW
-    assert limiter.check("ann", 1.0) is Verdict.REJECT
-    limiter.refund("nobody")  # unknown users are no error

@@ -192,3 +192,43 @@ def test_an_invitation_expires_once_with_two_instances(
             client.next_inbox("invite_expired", timeout_s=1.0)  # and only once
     host.close()
     ann.close()
+
+
+@TWO_IN_PROCESS
+def test_a_client_joining_a_shared_subscription_takes_no_request(
+    broker: Broker, server: RunningServer, mqtt_client: MqttClientFactory
+) -> None:
+    # The ACL cannot stop a subscription, and the broker drops a request it deals to a
+    # member of the group that may not read it: the group's name is the servers' secret.
+    mallory = mqtt_client(broker, "mallory")
+    for group in ("gochat-server", "gochat", "server"):
+        mallory.subscribe_wait(f"$share/{group}/{topics.REQUESTS_TREE}", qos=1)
+    ann = connect(broker, "ann")
+    for _ in range(12):
+        assert ann.request(m.Method.HEARTBEAT, {}, timeout_s=5).code == 0
+    ann.close()
+
+
+def test_requests_during_a_database_outage_are_not_answered_then_are(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with Postgres() as cluster:
+        url = cluster.new_database()
+        server = RunningServer(broker, tmp_path / "unused.db", store_url=url).start()
+        try:
+            host = connect(broker, "host")
+            created = host.call(m.Method.CREATE_ROOM, subject="s", max_seats=4)
+            cluster.halt()
+            # No answer rather than a wrong one: nothing could be committed.
+            with pytest.raises(TimeoutError):
+                host.request(m.Method.HEARTBEAT, {}, timeout_s=1.0)
+            cluster.start()
+            # The server opens its connections again and answers.
+            answered = _call_retrying(host, m.Method.HEARTBEAT, {})
+            assert answered.data == {
+                "room_id": created["room"]["room_id"],
+                "room_version": created["room"]["version"],
+            }
+            host.close()
+        finally:
+            server.stop()
