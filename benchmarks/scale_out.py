@@ -47,7 +47,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance.mqtt import publish_properties
 from appliance.protocol import topics
-from benchmarks._common import machine_header, markdown_table
+from benchmarks._common import add_smoke_flag, machine_header, markdown_table
 from benchmarks.server_load import (
     Bench,
     BenchError,
@@ -356,12 +356,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, bool]:
     parser.add_argument("--listeners", type=int, help="join-storm listeners (default 2000)")
     parser.add_argument("--join-rate", type=float, help="joins/s offered (default 300)")
     parser.add_argument("--no-failover", action="store_true", help="skip the failover run")
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.rate, args.listeners, args.join_rate = args.rate or 50.0, args.listeners or 20, 20.0
     rate = args.rate or (300.0 if args.quick else 400.0)
     listeners = args.listeners or (300 if args.quick else 2000)
     config = Config(
         rates=(rate,),
-        duration_s=5.0 if args.quick else 15.0,
+        duration_s=1.0 if args.smoke else 5.0 if args.quick else 15.0,
         listeners=listeners,
         workers=2,
         join_rates=(args.join_rate or min(300.0, listeners / 2),),
