@@ -58,7 +58,7 @@ class HowlGuard:
         self._release_blocks = max(1, math.ceil(tuning.release_ms / 1000 / self._block_s))
         self._recover_db = tuning.recover_db_per_s * self._block_s
         self._run = 0  # tonal blocks in a row
-        self._powers: deque[float] = deque(maxlen=self._hold_blocks)  # the tone's power
+        self._tone_powers: deque[float] = deque(maxlen=self._hold_blocks)  # the tone's power
         self._mic: deque[float] = deque(maxlen=self._hold_blocks)  # the microphone's, meanwhile
         self._grow_ratio = 10 ** (tuning.grow_db / 10)
         self._step_ratio = 10 ** (tuning.grow_db / 4 / 10)  # each third grows a quarter of it
@@ -110,11 +110,11 @@ class HowlGuard:
         """Count the tonal blocks in a row (a loop may hop between its modes)."""
         if tone is None:
             self._run = 0
-            self._powers.clear()
+            self._tone_powers.clear()
             self._mic.clear()
             return
         self._run += 1
-        self._powers.append(tone[1])
+        self._tone_powers.append(tone[1])
         x = mic.astype(np.float32)
         self._mic.append(float(np.dot(x, x)) / len(x))
 
@@ -127,15 +127,11 @@ class HowlGuard:
         flat in two of the thirds."""
         if self._run < self._hold_blocks:
             return False
-        powers = list(self._powers)
-        if sorted(powers)[len(powers) // 2] >= self._loud_power:
+        if _median(list(self._tone_powers)) >= self._loud_power:
             return True
-        powers = list(self._mic)
-        third = max(1, self._hold_blocks // 3)
-        early, middle, late = (
-            sorted(part)[len(part) // 2]
-            for part in (powers[:third], powers[third:-third], powers[-third:])
-        )
+        mic, third = list(self._mic), max(1, self._hold_blocks // 3)
+        thirds = (mic[:third], mic[third:-third], mic[-third:])
+        early, middle, late = (_median(part) for part in thirds)
         step = self._step_ratio
         return middle >= early * step and late >= middle * step and late >= early * self._grow_ratio
 
@@ -157,3 +153,8 @@ class HowlGuard:
         """Scale ``pcm`` by a gain ramping from ``from_db`` to ``to_db`` (no click)."""
         ramp = np.linspace(10 ** (from_db / 20), 10 ** (to_db / 20), len(pcm), dtype=np.float32)
         pcm[:] = np.rint(pcm * ramp).astype(np.int16)
+
+
+def _median(values: list[float]) -> float:
+    """The upper median (a third of a hold has an odd or even count alike)."""
+    return sorted(values)[len(values) // 2]

@@ -2,11 +2,11 @@
 
 The box's own speaker is heard by its own microphone. Before encoding, every captured
 block goes through WebRTC's audio processing module (the ``pywebrtc-audio`` binding):
-AEC3 echo cancellation against exactly
-what the speaker played, noise suppression, AGC2 automatic gain control held while only
-the far end is heard, a debounced voice-activity decision from its speech probability,
-and last the howl guard (:mod:`.howl`). The chain is built from one
-:class:`~appliance.audio.config.HandsFreeConfig`; each stage is a switch in ``[audio]``.
+AEC3 echo cancellation against exactly what the speaker played, noise suppression, AGC2
+automatic gain control held while only the far end is heard, a debounced voice-activity
+decision from its speech probability, and last the howl guard (:mod:`.howl`). The chain
+is built from one :class:`~appliance.audio.config.HandsFreeConfig`; each stage is a
+switch in ``[audio]``.
 
 Two threads meet here, and only through a small reference ring buffer:
 
