@@ -72,20 +72,16 @@ class HowlGuard:
         """Whether a howl is being cut (or the cut is still being lifted)."""
         return self.gain_db < 0.0
 
-    def process(
-        self, pcm: Int16Array, heard: Int16Array | None = None, mic: Int16Array | None = None
-    ) -> None:
+    def process(self, pcm: Int16Array, mic: Int16Array | None = None) -> None:
         """Look at one outgoing block and, while it howls, cut it (in place).
 
-        ``heard``: the same block before any gain of ours (default: ``pcm``), where the
-        guard looks for a tone; ``mic``: the microphone's block it came from (default:
-        ``heard``), where it looks for a build-up. A loop builds up in the room: a gain
-        lifting a steady tone at its first speech, or the echo canceller letting a near
-        talker through once the far end starts, is no build-up.
+        ``mic``: the microphone's block it came from (default: ``pcm``), where the guard
+        looks for a build-up. A loop builds up in the room: a gain lifting a steady tone
+        at its first speech, or the echo canceller letting a near talker through once
+        the far end starts, is no build-up.
         """
-        heard = pcm if heard is None else heard
-        tone = self._tone(heard)
-        self._follow(tone, heard if mic is None else mic)
+        tone = self._tone(pcm)
+        self._follow(tone, pcm if mic is None else mic)
         before = self.gain_db
         self._steer(tone is not None)
         if before != 0.0 or self.gain_db != 0.0:

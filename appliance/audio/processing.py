@@ -374,7 +374,6 @@ class CaptureChain:
         self.reference = ReferenceRing(rate)
         self._far: Int16Array = np.zeros(0, dtype=np.int16)
         self._out: Int16Array = np.zeros(0, dtype=np.int16)
-        self._heard: Int16Array = np.zeros(0, dtype=np.int16)  # the output before gain
         self._vad = VoiceActivity()
 
     @property
@@ -412,7 +411,6 @@ class CaptureChain:
             raise ValueError(f"block of {n} samples is not a multiple of {self.frame}")
         if len(self._out) != n:
             self._out, self._far = np.zeros(n, np.int16), np.zeros(n, np.int16)
-            self._heard = np.zeros(n, np.int16)
             if self.config.howl is not None:
                 self.howl = HowlGuard(self.rate, n, self.config.howl)
         far: Int16Array | None = None
@@ -423,7 +421,7 @@ class CaptureChain:
         for at in range(0, n, self.frame):
             self._frame(pcm[at : at + self.frame], far, at, far_heard)
         if self.howl is not None:
-            self.howl.process(self._out, self._heard if self.gain is not None else None, pcm)
+            self.howl.process(self._out, pcm)
         return self._out
 
     def _frame(self, near: Int16Array, far: Int16Array | None, at: int, far_heard: bool) -> None:
@@ -440,7 +438,6 @@ class CaptureChain:
             probability = float(self._detector.process(out))
         active = self._vad.is_speech(probability, near, out)
         if self.gain is not None:
-            self._heard[at : at + self.frame] = out  # what the howl guard listens to
             self.gain.process(out, active, far_heard)
         self._vad.update(active, out)
 
