@@ -12,7 +12,7 @@ Importable from the repository root (pytest's ``pythonpath``; benchmarks run as
 ``python -m benchmarks.NAME``); not part of the installed package.
 """
 
-from .broker import Broker, BrokerError, free_port, probe_login, render_conf
+from .broker import Broker, BrokerError, free_port, free_ports, probe_login, render_conf
 from .mqtt import MqttClientFactory, MqttWaitError, RecordingClient, connect_client
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "RecordingClient",
     "connect_client",
     "free_port",
+    "free_ports",
     "probe_login",
     "render_conf",
 ]

@@ -112,10 +112,20 @@ class BrokerError(RuntimeError):
 
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that was free a moment ago (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago.
+
+    The sockets are held until all are bound: ports picked one at a time may
+    repeat, and two listeners on one port kill Mosquitto at its next reload.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 class Broker:
@@ -203,11 +213,7 @@ class Broker:
         self._ensure_probe()
         attempts = 1 if self._fixed_port else 5
         for attempt in range(attempts):
-            if not self._fixed_port:
-                self.port = free_port()
-            if not self._fixed_port or not self.cert_port:
-                self.cert_port, self.plain_port = free_port(), free_port()
-                self.ws_port, self.wss_port = free_port(), free_port()
+            self._pick_ports()
             try:
                 self._spawn(timeout)
             except BrokerError:
@@ -217,6 +223,15 @@ class Broker:
             # Pin the port: restarts must come back where the clients expect it.
             self._fixed_port = True
             return
+
+    def _pick_ports(self) -> None:
+        if self._fixed_port and self.cert_port:
+            return
+        taken = {self.port} if self._fixed_port else set()
+        picked = [p for p in free_ports(6) if p not in taken]
+        if not self._fixed_port:
+            self.port = picked.pop()
+        self.cert_port, self.plain_port, self.ws_port, self.wss_port = picked[:4]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM: mosquitto saves its persistence file)."""

@@ -28,7 +28,7 @@ from appliance.device import main as appliance_cli
 from appliance.device.settings import ApplianceSettings
 from appliance.mqtt import make_client
 from appliance.settings import EX_CONFIG, BrokerSettings, ConfigError
-from testbed import Broker, MqttClientFactory, free_port, probe_login
+from testbed import Broker, MqttClientFactory, free_ports, probe_login
 from testbed.broker import SHIPPED_ACL, guard_plugin
 from testbed.daemons import InProcessDaemon, to_toml
 from testbed.server import RunningServer
@@ -326,9 +326,9 @@ def test_the_shipped_conf_runs_as_mosquitto_on_what_ca_init_installed() -> None:
         shutil.chown(acl, group="mosquitto")
         passwd, secrets_dir = broker_dir / "passwd", root / "secrets"
         accounts.add_user(passwd, secrets_dir, "pi-pw", broker_group=broker_group())
-        ports = {brokerconf.TLS_PORT: free_port(), brokerconf.CERT_PORT: free_port()}
-        ports[brokerconf.PLAIN_PORT] = free_port()
-        ports |= {brokerconf.WS_PORT: free_port(), brokerconf.WSS_PORT: free_port()}
+        shipped = (brokerconf.TLS_PORT, brokerconf.CERT_PORT, brokerconf.PLAIN_PORT)
+        shipped += (brokerconf.WS_PORT, brokerconf.WSS_PORT)
+        ports = dict(zip(shipped, free_ports(len(shipped)), strict=True))
         conf = root / "mosquitto.conf"
         conf.write_text(
             brokerconf.render_conf(

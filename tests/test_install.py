@@ -37,7 +37,7 @@ import pytest
 
 from appliance.deploy import admin
 from appliance.deploy.brokerconf import LOOPBACK
-from testbed.broker import free_port
+from testbed.broker import free_ports
 from testbed.daemons import CoapClient, free_udp_port
 from testbed.postgres import Postgres
 
@@ -237,8 +237,7 @@ def test_the_printed_steps_run_as_printed_and_a_room_forms(
     operator: Operator, processes: Processes
 ) -> None:
     root = operator.home / "root"
-    cert_port, tls_port, plain_port = free_port(), free_port(), free_port()
-    ws_port, wss_port = free_port(), free_port()
+    cert_port, tls_port, plain_port, ws_port, wss_port = free_ports(5)
     coap_port = free_udp_port()
     ports = f"{cert_port},{tls_port},{plain_port},{ws_port},{wss_port}"
     printed = operator.install(
@@ -326,6 +325,8 @@ def test_the_printed_steps_run_as_printed_and_a_room_forms(
         (["--web"], "--web"),
         (["--coap-port", "x"], "--coap-port"),
         (["--server", "--broker-ports", "8883,8884"], "--broker-ports"),
+        (["--server", "--broker-ports", "8883,8884,8883"], "--broker-ports"),  # one port twice
+        (["--server", "--broker-ports", "8883,8884,1883,8081,8081"], "--broker-ports"),
         (["--broker-ports", "18883,18884,11883"], "--broker-ports"),  # not without --server
         (["--server", "--store-url", "mysql://db/x"], "--store-url"),
         (["--store-url", "postgresql://db/x"], "--store-url"),  # without --server

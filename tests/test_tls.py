@@ -78,6 +78,32 @@ def test_rendering_refuses_a_listener_it_has_no_port_for() -> None:
         )
 
 
+def test_rendering_refuses_two_listeners_on_one_port() -> None:
+    # Mosquitto starts with two WebSockets listeners on one port, then dies at its
+    # first reload (SIGHUP): the renderer refuses the configuration up front.
+    tls = brokerconf.TlsFiles(Path("a"), Path("b"), Path("c"), Path("d"))
+    with pytest.raises(ValueError, match="8080 and 8081 both on port 5000"):
+        brokerconf.render_conf(
+            "listener 8080\nlistener 8081\n",
+            ports={8080: 5000, 8081: 5000},
+            passwd_file=Path("p"),
+            acl_file=Path("a"),
+            data_dir=None,
+            log_file=None,
+            tls=tls,
+            plugin=None,
+        )
+
+
+def test_a_test_broker_survives_reloads_with_every_listener_on_its_own_port(
+    broker: Broker,
+) -> None:
+    assert len(set(broker.ports)) == len(broker.ports)
+    for name in ("r1", "r2", "r3"):
+        broker.add_user(name)
+    assert broker.running
+
+
 class _Broker(FileSettings):
     broker: BrokerSettings = BrokerSettings()
 

@@ -48,6 +48,14 @@ class TlsFiles:
         ]
 
 
+def _check_distinct(ports: Mapping[int, int]) -> None:
+    seen: dict[int, int] = {}
+    for shipped, port in ports.items():
+        if port in seen:
+            raise ValueError(f"listeners {seen[port]} and {shipped} both on port {port}")
+        seen[port] = shipped
+
+
 def render_conf(
     template: str,
     *,
@@ -71,8 +79,10 @@ def render_conf(
     (the gochat_guard plugin built from ``broker-plugin/``; None drops it and its
     ``plugin_opt_`` lines: a broker guarded only by the server). ``pid_file`` is
     dropped. Every other line, limits and listener options included, is kept
-    verbatim. Raises ValueError for a listener ``ports`` does not map.
+    verbatim. Raises ValueError for a listener ``ports`` does not map, or for two
+    listeners on one port (Mosquitto starts so, then dies at its first reload).
     """
+    _check_distinct(ports)
     substitutes: dict[str, str | None] = {
         "user": f"user {run_as or getpass.getuser()}",
         "password_file": f"password_file {passwd_file}",

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import Playwright, expect
 
-from testbed import Broker, free_port
+from testbed import Broker, free_ports
 from testbed.server import RunningServer
 from testbed.web import CHROMIUM, PageUser, chromium_args
 
@@ -97,7 +97,7 @@ def site(web_broker: Broker, tmp_path: Path) -> Iterator[tuple[str, int]]:
     (root / "config.json").write_text(
         json.dumps({"broker_url": f"wss://127.0.0.1:{web_broker.wss_port}/"})
     )
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = free_ports(2)
     tls = web_broker.tls
     nginx = Nginx(tmp_path / "nginx", site_conf(http_port, https_port, tls.cert, tls.key, root))
     nginx.start(http_port)
