@@ -275,10 +275,10 @@ class Failover:
     load: HeartbeatResult  # the steady load around it (its clients do not retry)
 
 
-def failover(config: Config, cluster: Postgres) -> Failover:
-    """Two instances, steady load, SIGKILL of instance 1 mid-load."""
+def failover(config: Config, cluster: Postgres, load_s: float = FAILOVER_LOAD_S) -> Failover:
+    """Two instances, steady load, SIGKILL of instance 1 after ``load_s`` of it."""
     log("--- failover")
-    with Bench(replace(config, instances=2, duration_s=2 * FAILOVER_LOAD_S + 1)) as bench:
+    with Bench(replace(config, instances=2, duration_s=2 * load_s + 1)) as bench:
         bench.broker.add_users(*PROBE_USERS)
         bench.setup()
         probe = Probe(bench)
@@ -286,7 +286,7 @@ def failover(config: Config, cluster: Postgres) -> Failover:
         load = threading.Thread(target=lambda: loads.append(bench.heartbeat_phase(config.rates[0])))
         load.start()
         probe.start()
-        time.sleep(FAILOVER_LOAD_S + 1)
+        time.sleep(load_s + 1)
         killed_at = time.monotonic()
         victim = bench.servers.pop(0)  # the bench checks that the others stay up
         victim.kill()
@@ -300,7 +300,7 @@ def failover(config: Config, cluster: Postgres) -> Failover:
         probe.answered[c] for c, at in probe.sent.items() if at > killed_at and c in probe.answered
     )
     answers = sorted(probe.answered.values())
-    window = [t for t in answers if killed_at - 1.0 <= t <= killed_at + FAILOVER_LOAD_S]
+    window = [t for t in answers if killed_at - 1.0 <= t <= killed_at + load_s]
     gaps = [b - a for a, b in itertools.pairwise([killed_at, *window])]
     return Failover(
         first_answer_s=(after[0] - killed_at) if after else float("nan"),
@@ -348,8 +348,8 @@ def failover_table(result: Failover) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[Config, bool]:
-    """The command line."""
+def parse_args(argv: Sequence[str] | None) -> tuple[Config, float | None]:
+    """The command line: the set-ups' config, the failover's load seconds (None: none)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller numbers, ~3 minutes")
     parser.add_argument("--rate", type=float, help="heartbeats/s offered (default 400)")
@@ -370,12 +370,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, bool]:
         join_rates=(args.join_rate or min(300.0, listeners / 2),),
         broker_conf=None,
     )
-    return config, not args.no_failover
+    return config, None if args.no_failover else 1.5 if args.smoke else FAILOVER_LOAD_S
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; see the module docstring."""
-    config, with_failover = parse_args(argv)
+    config, failover_s = parse_args(argv)
     raise_open_files_limit()
     print(machine_header("GoChat scale-out benchmark"))
     try:
@@ -386,8 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name = f"PostgreSQL, {instances} instance{'s' * (instances > 1)}"
                 rows.append(run_setup(name, pg, cluster))
             result = (
-                failover(replace(config, store_url=cluster.new_database()), cluster)
-                if with_failover
+                failover(replace(config, store_url=cluster.new_database()), cluster, failover_s)
+                if failover_s is not None
                 else None
             )
     except BenchError as exc:

@@ -35,7 +35,7 @@ thread instead, driving paho's documented external-loop API (``loop_read``,
   takeover too (and so does every such close within 30 minutes of a takeover). Reconnecting
   at once would throw the other device off in turn, for ever. The session logs one
   line ("another device is using the identity ..."), the machine shows the error
-  pattern, and the next attempt waits 30-60 s, doubling with every takeover up to
+  pattern, and the next attempt waits 60-120 s, doubling with every takeover up to
   7.5-15 minutes; the count is forgotten only after a connection that lasted 30
   minutes. The two devices then take turns, ever more rarely, instead of fighting.
 * Only this thread writes to the socket. Other threads (the event loop, the audio
