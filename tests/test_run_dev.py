@@ -115,6 +115,11 @@ def test_a_second_run_refuses_at_once_and_another_port_runs_beside_it(
     port = free_block()
     first = Demo(base, port, GOCHAT_DEV_KEEP_S="1")
     demos.append(first)
+    beside_port = free_block()
+    while abs(beside_port - port) < 6:
+        beside_port = free_block()
+    beside = Demo(base, beside_port)  # started together: two demos side by side
+    demos.append(beside)
     first.wait_ready()
     host = first.status(port + 3)  # CoAP ports derived from the broker port
     assert host["role"] == "host" and host["connection"] == "online"
@@ -141,11 +146,6 @@ def test_a_second_run_refuses_at_once_and_another_port_runs_beside_it(
     assert elapsed < 10  # at once: no process was started (a second server took ~15 s to fail)
     assert snapshot(first.state) == kept
 
-    beside_port = free_block()
-    while abs(beside_port - port) < 6:
-        beside_port = free_block()
-    beside = Demo(base, beside_port)
-    demos.append(beside)
     beside.wait_ready()
     other = beside.status(beside_port + 3)
     assert other["role"] == "host" and other["room_id"] != host["room_id"]
