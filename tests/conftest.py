@@ -1,11 +1,10 @@
 """Shared fixtures: a real Mosquitto per test, and connected recording clients.
 
-- ``broker``: a fresh :class:`support.Broker` (shipped config, ACL and plugin, free
-  loopback port, persistence in the test's tmp dir), stopped after the test; a test
+- ``broker``: a fresh :class:`testbed.Broker` (shipped config, ACL and plugin, free
+  loopback ports, persistence in the test's tmp dir), stopped after the test; a test
   marked ``unguarded`` gets it without the plugin, as a broker the server must defend
-  itself against. Function
-  scoped: retained messages and sessions never leak between tests, and a start
-  costs ~20 ms.
+  itself against. Function scoped: retained messages and sessions never leak between
+  tests, and a start costs ~0.1 s.
   Its listeners: TLS with passwords (``broker.port``), TLS with client certificates
   (``broker.cert_port``; ``broker.issue_device``/``revoke``) and plain loopback
   (``broker.plain_port``), all verified against one CA per test session.
@@ -16,8 +15,8 @@
   certificate); the user is created on the broker if it does not exist yet; every
   client is closed after the test. Every client speaks TLS.
 
-``tests/`` is not a package, so pytest puts ``tests/`` on ``sys.path`` for this
-file and test modules import ``support`` directly.
+A session that runs the benchmark smokes starts them with its first test and runs the
+offline tests first, beside them (:mod:`testbed.smokes`).
 """
 
 from __future__ import annotations
@@ -29,15 +28,32 @@ from typing import Any
 
 import pytest
 
-from testbed import Broker, MqttClientFactory, RecordingClient, connect_client
+from testbed import Broker, MqttClientFactory, RecordingClient, connect_client, smokes
 from testbed.postgres import Postgres
 
+SMOKES_EARLY = pytest.StashKey[bool]()
 
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that uses the ``broker`` fixture with ``broker``."""
+    """Mark every test that uses the ``broker`` fixture with ``broker``; order the
+    offline tests first, to run beside the benchmark smokes (:mod:`testbed.smokes`)."""
     for item in items:
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.broker)
+    config.stash[SMOKES_EARLY] = smokes.schedule(config, items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Iterator[object]:
+    """Start the benchmark smokes with the tests when the session runs their test."""
+    if not session.config.stash.get(SMOKES_EARLY, False):
+        return (yield)
+    runs = session.config.stash[smokes.SMOKE_RUNS] = smokes.SmokeRuns().start()
+    try:
+        return (yield)
+    finally:
+        runs.stop()
 
 
 @pytest.fixture
