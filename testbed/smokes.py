@@ -44,7 +44,8 @@ BESIDE_SMOKES = (
 
 @dataclass(frozen=True, slots=True)
 class SmokeRun:
-    """One benchmark's ``--smoke`` run: its exit status (-1: killed), output, seconds."""
+    """One benchmark's ``--smoke`` run: its exit status (negative: killed by that
+    signal; -1: never started, the session ended first), output and seconds."""
 
     name: str
     status: int
@@ -108,7 +109,7 @@ SMOKE_RUNS = pytest.StashKey[SmokeRuns]()
 """The session's smoke runs, when the session started them early."""
 
 
-def schedule(config: pytest.Config, items: list[pytest.Item]) -> bool:
+def schedule(items: list[pytest.Item]) -> bool:
     """Put the offline tests first and the smoke test right after them; True when the
     session should start the smoke runs early (the smoke test runs with others)."""
     smoke = [item for item in items if item.nodeid == SMOKE_TEST]

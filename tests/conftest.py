@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.broker)
-    config.stash[SMOKES_EARLY] = smokes.schedule(config, items)
+    config.stash[SMOKES_EARLY] = smokes.schedule(items)
 
 
 @pytest.hookimpl(wrapper=True)
