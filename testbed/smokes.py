@@ -37,9 +37,11 @@ BESIDE_SMOKES = (
     "tests/audio/test_jitter.py", "tests/audio/test_opus.py", "tests/audio/test_mixer.py",
     "tests/audio/test_tone.py", "tests/audio/test_room.py", "tests/device/test_machine_",
     "tests/device/test_gestures.py", "tests/device/test_settings.py", "tests/test_layers.py",
-    "tests/test_config_strict.py",
+    "tests/test_config_strict.py", "tests/device/test_service_files.py", "tests/test_admin.py",
+    "tests/test_cli_help.py", "tests/server/test_rules.py", "tests/test_paho_internals.py",
 )  # fmt: skip
-"""Offline tests (computation on injected clocks, no wall clock): run beside the smokes."""
+"""Offline tests (computation on injected clocks, files, linters; no wall clock): run
+beside the smokes."""
 
 
 @dataclass(frozen=True, slots=True)
