@@ -63,36 +63,30 @@ def test_a_rendered_conf_binds_every_listener_to_loopback(broker: Broker) -> Non
     assert f"crlfile {broker.tls.crl}" in text
 
 
+def render_listeners(template: str, ports: dict[int, int]) -> str:
+    """``template`` rendered with ``ports`` and placeholder files."""
+    return brokerconf.render_conf(
+        template,
+        ports=ports,
+        passwd_file=Path("p"),
+        acl_file=Path("a"),
+        data_dir=None,
+        log_file=None,
+        tls=brokerconf.TlsFiles(Path("a"), Path("b"), Path("c"), Path("d")),
+        plugin=None,
+    )
+
+
 def test_rendering_refuses_a_listener_it_has_no_port_for() -> None:
-    tls = brokerconf.TlsFiles(Path("a"), Path("b"), Path("c"), Path("d"))
     with pytest.raises(ValueError, match="no port for: listener 9999"):
-        brokerconf.render_conf(
-            "listener 9999\n",
-            ports={},
-            passwd_file=Path("p"),
-            acl_file=Path("a"),
-            data_dir=None,
-            log_file=None,
-            tls=tls,
-            plugin=None,
-        )
+        render_listeners("listener 9999\n", {})
 
 
 def test_rendering_refuses_two_listeners_on_one_port() -> None:
     # Mosquitto starts with two WebSockets listeners on one port, then dies at its
     # first reload (SIGHUP): the renderer refuses the configuration up front.
-    tls = brokerconf.TlsFiles(Path("a"), Path("b"), Path("c"), Path("d"))
     with pytest.raises(ValueError, match="8080 and 8081 both on port 5000"):
-        brokerconf.render_conf(
-            "listener 8080\nlistener 8081\n",
-            ports={8080: 5000, 8081: 5000},
-            passwd_file=Path("p"),
-            acl_file=Path("a"),
-            data_dir=None,
-            log_file=None,
-            tls=tls,
-            plugin=None,
-        )
+        render_listeners("listener 8080\nlistener 8081\n", {8080: 5000, 8081: 5000})
 
 
 def test_a_test_broker_survives_reloads_with_every_listener_on_its_own_port(

@@ -175,6 +175,13 @@ def _tls_commands(
             help=f"the CA directory (default {DEFAULT_CA_DIR})",
         )
 
+    def crl_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--broker-dir",
+            default=str(DEFAULT_BROKER_DIR),
+            help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
+        )
+
     init = sub.add_parser(
         "ca-init",
         help="create the CA, the broker's certificate and the CRL",
@@ -211,11 +218,7 @@ def _tls_commands(
         " CRL makes the broker refuse every client certificate.",
     )
     ca_dir(renew)
-    renew.add_argument(
-        "--broker-dir",
-        default=str(DEFAULT_BROKER_DIR),
-        help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
-    )
+    crl_dir(renew)
     revoke = sub.add_parser(
         "revoke",
         help="revoke a device's certificates, reload the broker, cut its session",
@@ -224,11 +227,7 @@ def _tls_commands(
     )
     revoke.add_argument("name", metavar="NAME", help="the device's user id")
     ca_dir(revoke)
-    revoke.add_argument(
-        "--broker-dir",
-        default=str(DEFAULT_BROKER_DIR),
-        help=f"where the broker reads crl.pem (default {DEFAULT_BROKER_DIR}; '' skips)",
-    )
+    crl_dir(revoke)
     revoke.add_argument(
         "--pid-file", type=Path, default=DEFAULT_PID_FILE, help="the broker's (SIGHUP to reload)"
     )
